@@ -1,0 +1,44 @@
+"""Deterministic test disk images: a mix of compressible, random and zero blocks."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+MIB = 1024 * 1024
+# Maps random bytes onto 16 letters: data that zstd shrinks to about half, like text or logs.
+_LOW_ENTROPY = bytes(b"etaoinshrdlucmfw"[i % 16] for i in range(256))
+
+
+def block_data(rng: random.Random, size: int) -> bytes:
+    """One block: 50% compressible, 35% random, 15% zero."""
+    kind = rng.random()
+    if kind < 0.15:
+        return bytes(size)
+    data = rng.randbytes(size)
+    return data.translate(_LOW_ENTROPY) if kind < 0.65 else data
+
+
+def make_image(path: Path, size: int, *, seed: int = 1, block: int = MIB) -> None:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset in range(0, size, block):
+            data = block_data(rng, min(block, size - offset))
+            if any(data[:64]) or any(data):
+                f.seek(offset)
+                f.write(data)
+
+
+def change_blocks(path: Path, fraction: float, *, seed: int = 2, block: int = MIB) -> int:
+    """Overwrite ``fraction`` of the blocks with new data; returns the number changed."""
+    size = os.path.getsize(path)
+    rng = random.Random(seed)
+    blocks = list(range(-(-size // block)))
+    chosen = rng.sample(blocks, max(1, int(len(blocks) * fraction)))
+    with open(path, "r+b") as f:
+        for b in chosen:
+            f.seek(b * block)
+            f.write(rng.randbytes(min(block, size - b * block)).translate(_LOW_ENTROPY))
+    return len(chosen)

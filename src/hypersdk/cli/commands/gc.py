@@ -1,0 +1,32 @@
+"""hyperctl gc: remove chunks no generation references and leftovers of interrupted runs."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from hypersdk.cli.output import human_bytes, print_json
+from hypersdk.repository.gc import collect_garbage
+from hypersdk.repository.repository import Repository
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("gc", help="remove unreferenced chunks and leftovers")
+    p.add_argument("--output", required=True, help="the repository folder")
+    p.add_argument("--dry-run", action="store_true", help="only say what would go")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect_garbage(Repository.open(args.output), dry_run=args.dry_run)
+    if args.json:
+        print_json({"dry_run": args.dry_run, **asdict(report)})
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(
+            f"{verb} {report.chunks_removed} chunk(s) ({human_bytes(report.bytes_removed)}), "
+            f"{report.indexes_removed} orphan index folder(s), "
+            f"{report.temp_files_removed} temp file(s); kept {report.chunks_kept} chunk(s)"
+        )
+    return 0

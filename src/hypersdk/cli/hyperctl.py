@@ -1,0 +1,54 @@
+"""hyperctl: work with export repositories (and the vSphere lab)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from hypersdk import __version__
+from hypersdk.cli.output import fail
+
+# Each command lives in its own module with add_parser() and run().
+COMMANDS = (
+    "hypersdk.cli.commands.generations",
+    "hypersdk.cli.commands.restore",
+    "hypersdk.cli.commands.verify",
+    "hypersdk.cli.commands.gc",
+    "hypersdk.cli.commands.delete",
+    "hypersdk.cli.lab",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hyperctl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hyperctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (Exception, KeyboardInterrupt) as err:
+        return fail("hyperctl", err, as_json=bool(getattr(args, "json", False)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Where each object of a repository lives; the only module that builds repository paths.
+
+<repo>/config                                   repository config (JSON)
+<repo>/data/<hh>/<64 hex>                       chunk objects, <hh> = first two hex digits
+<repo>/vms/<vm>/generations/<generation>.json   manifests: a generation exists iff this does
+<repo>/vms/<vm>/indexes/<generation>/<disk>.idx one index per disk
+<repo>/locks/repository.lock                    writers hold it shared, gc exclusive
+<repo>/locks/vm-<vm>.lock                       one writer per VM
+<repo>/tmp/                                     temporary files; leftovers are gc's
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(name: str) -> str:
+    """A file name for ``name`` that cannot leave its folder and stays unique.
+
+    Names that are already safe are kept as they are; others get their unsafe characters
+    replaced and a short hash of the original appended, so two names never collide.
+    """
+    cleaned = _SAFE.sub("_", name).lstrip(".")
+    if cleaned == name and cleaned and len(cleaned) <= 120:
+        return cleaned
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{cleaned[:100] or 'unnamed'}-{digest}"
+
+
+class Layout:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def vms(self) -> Path:
+        return self.root / "vms"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def chunk(self, chunk_id: bytes) -> Path:
+        hexid = chunk_id.hex()
+        return self.data / hexid[:2] / hexid
+
+    def vm(self, vm_id: str) -> Path:
+        return self.vms / safe_name(vm_id)
+
+    def generations(self, vm_id: str) -> Path:
+        return self.vm(vm_id) / "generations"
+
+    def manifest(self, vm_id: str, generation: str) -> Path:
+        return self.generations(vm_id) / f"{generation}.json"
+
+    def index_dir(self, vm_id: str, generation: str) -> Path:
+        return self.vm(vm_id) / "indexes" / generation
+
+    def index(self, vm_id: str, generation: str, disk_key: str) -> Path:
+        return self.index_dir(vm_id, generation) / f"{safe_name(disk_key)}.idx"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    @property
+    def repository_lock(self) -> Path:
+        return self.locks / "repository.lock"
+
+    def vm_lock(self, vm_id: str) -> Path:
+        return self.locks / f"vm-{safe_name(vm_id)}.lock"

@@ -1,0 +1,71 @@
+import os
+
+import pytest
+
+from hypersdk.errors import IntegrityError
+from hypersdk.repository.envelope import HEADER, Codec, Compression, chunk_id
+from hypersdk.repository.index import DiskIndex
+
+COMPRESSIBLE = b"hello world, " * 10000
+RANDOM = os.urandom(100_000)
+
+
+@pytest.mark.parametrize("method", list(Compression))
+@pytest.mark.parametrize("data", [COMPRESSIBLE, RANDOM, b"x"])
+def test_seal_open_round_trip(method: Compression, data: bytes) -> None:
+    codec = Codec(method, 1)
+    sealed = codec.seal(data)
+    assert sealed[:4] == b"HSCK"
+    assert codec.open(sealed, chunk_id(data)) == data
+    # any codec opens any object: the header says how it was stored
+    assert Codec(Compression.NONE).open(sealed, chunk_id(data)) == data
+
+
+def test_compression_shrinks_and_random_data_falls_back_to_none() -> None:
+    codec = Codec(Compression.ZSTD, 1)
+    assert len(codec.seal(COMPRESSIBLE)) < len(COMPRESSIBLE) // 10
+    sealed = codec.seal(RANDOM)
+    assert sealed[5] == Compression.NONE
+    assert len(sealed) == len(RANDOM) + HEADER.size
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b"XXXX" + b[4:], "bad magic"),
+        (lambda b: b[:4] + b"\x09" + b[5:], "unsupported object version"),
+        (lambda b: b[:-1], "payload is"),
+        (lambda b: b[:40] + bytes([b[40] ^ 0x01]) + b[41:], "decompress|does not match|decoded"),
+        (lambda b: b[:10], "truncated"),
+    ],
+)
+def test_damaged_objects_are_refused(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    codec = Codec(Compression.ZSTD, 1)
+    sealed = codec.seal(COMPRESSIBLE)
+    with pytest.raises(IntegrityError, match=message):
+        codec.open(mutate(sealed), chunk_id(COMPRESSIBLE))
+
+
+def test_wrong_id_is_refused() -> None:
+    codec = Codec()
+    with pytest.raises(IntegrityError, match="does not match its hash"):
+        codec.open(codec.seal(b"abc"), chunk_id(b"abd"))
+
+
+def test_index_round_trip_and_damage() -> None:
+    index = DiskIndex.empty(5 * 65536 + 100, 65536)
+    assert index.blocks == 6
+    assert index.block_length(5) == 100
+    index.set(2, chunk_id(b"a"))
+    blob = index.encode()
+    back = DiskIndex.decode(blob)
+    assert back.get(2) == chunk_id(b"a") and back.get(1) is None
+    assert back.zero_blocks() == 5
+    with pytest.raises(IntegrityError, match="truncated"):
+        DiskIndex.decode(blob[:-7])
+    flipped = bytearray(blob)
+    flipped[40] ^= 0xFF
+    with pytest.raises(IntegrityError, match="checksum"):
+        DiskIndex.decode(bytes(flipped))
+    with pytest.raises(IntegrityError, match="magic"):
+        DiskIndex.decode(b"NOPE" + blob[4:])
