@@ -6,6 +6,11 @@ import os
 import random
 from pathlib import Path
 
+from hypersdk.engine.source import Extent
+from hypersdk.repository.envelope import chunk_id
+from hypersdk.repository.manifest import Manifest
+from hypersdk.repository.repository import Repository
+
 MIB = 1024 * 1024
 # Maps random bytes onto 16 letters: data that zstd shrinks to about half, like text or logs.
 _LOW_ENTROPY = bytes(b"etaoinshrdlucmfw"[i % 16] for i in range(256))
@@ -42,3 +47,17 @@ def change_blocks(path: Path, fraction: float, *, seed: int = 2, block: int = MI
             f.seek(b * block)
             f.write(rng.randbytes(min(block, size - b * block)).translate(_LOW_ENTROPY))
     return len(chosen)
+
+
+def extents_since(repo: Repository, manifest: Manifest, disk: str, img: Path) -> list[Extent]:
+    """The blocks of ``img`` that differ from a generation: the demo's and the benchmarks'
+    stand-in for CBT on a raw image, which has no change tracking of its own."""
+    index = repo.load_index(manifest, disk)
+    out = []
+    with open(img, "rb") as f:
+        for block in range(index.blocks):
+            data = f.read(index.block_size)
+            new = chunk_id(data) if any(data) else None
+            if new != index.get(block):
+                out.append(Extent(block * index.block_size, len(data)))
+    return out

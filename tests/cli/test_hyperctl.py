@@ -43,8 +43,9 @@ def test_generations_json(repo: Repository) -> None:
         {"key": "disk-1", "capacity_bytes": 2 * BS, "change_id": "c-disk-1"},
         {"key": "disk-2", "capacity_bytes": 3 * BS, "change_id": "c-disk-2"},
     ]
-    only = json.loads(hyperctl("generations", "--output", str(repo.root), "--vm", "vm2",
-                               "--json").stdout)
+    only = json.loads(
+        hyperctl("generations", "--output", str(repo.root), "--vm", "vm2", "--json").stdout
+    )
     assert [g["vm"] for g in only] == ["vm2"]
     table = hyperctl("generations", "--output", str(repo.root))
     assert "incremental" in table.stdout and table.returncode == 0
@@ -54,14 +55,24 @@ def test_generations_json(repo: Repository) -> None:
 def test_restore_formats(repo: Repository, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"out.{fmt}"
     proc = hyperctl(
-        "restore", "--output", str(repo.root), "--vm", "vm1", "--to", str(out),
-        "--format", fmt, "--json",
+        "restore",
+        "--output",
+        str(repo.root),
+        "--vm",
+        "vm1",
+        "--to",
+        str(out),
+        "--format",
+        fmt,
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["format"] == fmt
     cmp = subprocess.run(
         ["qemu-img", "compare", "-f", "raw", "-F", fmt, str(tmp_path / "a.raw"), str(out)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
     if fmt == "raw":  # zero blocks stay holes
@@ -73,8 +84,18 @@ def test_restore_needs_disk_when_several(repo: Repository, tmp_path: Path) -> No
     proc = hyperctl("restore", "--output", str(repo.root), "--vm", "vm2", "--to", str(out))
     assert proc.returncode == 2
     assert "--disk" in proc.stderr and "disk-1, disk-2" in proc.stderr
-    ok = hyperctl("restore", "--output", str(repo.root), "--vm", "vm2", "--disk", "disk-2",
-                  "--to", str(out), "--quiet")
+    ok = hyperctl(
+        "restore",
+        "--output",
+        str(repo.root),
+        "--vm",
+        "vm2",
+        "--disk",
+        "disk-2",
+        "--to",
+        str(out),
+        "--quiet",
+    )
     assert ok.returncode == 0 and out.read_bytes() == (tmp_path / "b2.raw").read_bytes()
 
 
@@ -83,11 +104,27 @@ def test_restore_needs_disk_when_several(repo: Repository, tmp_path: Path) -> No
     [
         (["generations", "--output", "/nonexistent/repo"], 2, "not a HyperSDK repository"),
         (["restore", "--output", "{repo}", "--vm", "nope", "--to", "{tmp}/x"], 2, "no generations"),
-        (["restore", "--output", "{repo}", "--vm", "vm1", "--generation", "zzz", "--to",
-          "{tmp}/x"], 2, "no generation 'zzz'"),
+        (
+            [
+                "restore",
+                "--output",
+                "{repo}",
+                "--vm",
+                "vm1",
+                "--generation",
+                "zzz",
+                "--to",
+                "{tmp}/x",
+            ],
+            2,
+            "no generation 'zzz'",
+        ),
         (["restore", "--output", "{repo}", "--vm", "vm1", "--to", "{tmp}/a.raw"], 2, "exists"),
-        (["restore", "--output", "{repo}", "--vm", "vm1", "--to", "/nonexistent/dir/x"], 2,
-         "does not exist"),
+        (
+            ["restore", "--output", "{repo}", "--vm", "vm1", "--to", "/nonexistent/dir/x"],
+            2,
+            "does not exist",
+        ),
         (["verify", "--output", "{repo}", "--generation", "x"], 2, "needs --vm"),
         (["restore", "--output", "{repo}"], 2, "required"),
     ],
@@ -106,8 +143,12 @@ def test_errors_are_one_line(
 
 def test_delete_and_gc(repo: Repository) -> None:
     gens = json.loads(hyperctl("generations", "--output", str(repo.root), "--json").stdout)
-    assert hyperctl("delete", "--output", str(repo.root), "--vm", "vm2", "--generation",
-                    gens[2]["id"]).returncode == 0
+    assert (
+        hyperctl(
+            "delete", "--output", str(repo.root), "--vm", "vm2", "--generation", gens[2]["id"]
+        ).returncode
+        == 0
+    )
     gc = json.loads(hyperctl("gc", "--output", str(repo.root), "--json").stdout)
     assert gc["chunks_removed"] == 5 and gc["indexes_removed"] == 1  # the deleted one
     assert hyperctl("verify", "--output", str(repo.root)).returncode == 0

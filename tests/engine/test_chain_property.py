@@ -36,7 +36,10 @@ generation_writes = st.lists(write, min_size=0, max_size=5)
     seed=st.integers(0, 2**32 - 1),
 )
 def test_every_generation_restores_exactly(
-    tmp_path_factory, history, deletions, seed  # type: ignore[no-untyped-def]
+    tmp_path_factory,
+    history,
+    deletions,
+    seed,  # type: ignore[no-untyped-def]
 ) -> None:
     tmp: Path = tmp_path_factory.mktemp("chain")
     rng = random.Random(seed)

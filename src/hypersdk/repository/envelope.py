@@ -54,7 +54,7 @@ def chunk_id(plaintext: bytes | memoryview) -> bytes:
 class Codec:
     """Seals and opens chunk objects; safe to share between threads."""
 
-    def __init__(self, compression: Compression = Compression.ZSTD, level: int = 3) -> None:
+    def __init__(self, compression: Compression = Compression.ZSTD, level: int = 1) -> None:
         self.compression = compression
         self.level = level
         self._local = threading.local()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install everything HyperSDK needs on Debian 12; safe to run again (it skips what is there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  qemu-utils            # qemu-img, qemu-nbd
+  qemu-system-common    # qemu-storage-daemon
+  qemu-system-x86       # a real VM process for one test
+  libnbd-bin            # nbdinfo, nbdcopy: reference NBD clients
+  nbdkit                # NBD servers with error injection for tests
+  golang-go             # builds the vSphere lab (vcsim)
+  golang-github-vmware-govmomi-dev
+  python3-venv
+  nodejs npm            # the TypeScript SDK
+  zstd
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+# node/npm may come from elsewhere than Debian's packages; only install them when absent.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  filtered=()
+  for pkg in "${missing[@]}"; do
+    [[ "$pkg" == nodejs || "$pkg" == npm ]] || filtered+=("$pkg")
+  done
+  missing=("${filtered[@]+"${filtered[@]}"}")
+fi
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -f "$stamp" ]]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+if [[ -f sdk/typescript/package.json && ! -d sdk/typescript/node_modules ]]; then
+  (cd sdk/typescript && npm install --silent --no-audit --no-fund)
+fi
+echo "setup: ready"
