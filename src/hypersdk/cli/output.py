@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -52,21 +53,44 @@ def fail(prog: str, err: BaseException, *, as_json: bool) -> int:
     return code
 
 
+class ByteProgress:
+    """A bytes progress bar (speed, ETA) on stderr when it is a terminal; else silent.
+    Started late, once the total is known (an export learns it from the session)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, description: str, total: int) -> None:
+        if not self.enabled or total <= 0 or self._bar is not None:
+            return
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
 @contextmanager
 def progress_bar(description: str, total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A bytes progress bar with speed and ETA on a terminal; a no-op otherwise."""
-    if not enabled or not sys.stderr.isatty() or total <= 0:
-        yield lambda n: None
-        return
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    bar = ByteProgress(enabled=enabled)
+    bar.start(description, total)
+    try:
+        yield bar.advance
+    finally:
+        bar.close()

@@ -1,0 +1,230 @@
+"""hyperexport: export a VM's disks into a repository, full or incremental.
+
+hyperexport --vm VM --output REPO [--incremental] [--force-full] [--json]
+hyperexport --vm VM --incremental-info [--output REPO]
+hyperexport --vm VM --enable-cbt | --disable-cbt
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from types import FrameType
+
+from hypersdk import __version__
+from hypersdk.cli.info import print_analysis
+from hypersdk.cli.output import ByteProgress, fail, human_bytes, print_json
+from hypersdk.engine.analysis import analyze
+from hypersdk.engine.export import ExportReport, ExportRequest, run_export
+from hypersdk.errors import ExportCancelled, UsageError
+from hypersdk.providers.base import Provider
+from hypersdk.providers.factory import open_provider
+from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, Repository, check_block_size
+from hypersdk.state.history import History
+
+PROG = "hyperexport"
+
+
+@dataclass(frozen=True)
+class Options:
+    vm: str
+    output: str | None
+    action: str  # "export", "info", "enable-cbt", "disable-cbt"
+    incremental: bool
+    force_full: bool
+    compression: str
+    compression_level: int | None
+    block_size: int
+    parallel: int
+    max_age: timedelta
+    json: bool
+    quiet: bool
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument(
+        "--vm", required=True, help="qemu:/path/to/qmp.sock or qcow2:/path/to/disk.qcow2"
+    )
+    p.add_argument("--output", help="the repository folder (created on first export)")
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="export only changed blocks when possible (else full, with the reason)",
+    )
+    p.add_argument("--force-full", action="store_true", help="export every block")
+    p.add_argument(
+        "--incremental-info",
+        action="store_true",
+        help="show CBT state, last export and what an incremental would read",
+    )
+    p.add_argument("--enable-cbt", action="store_true", help="turn on changed block tracking")
+    p.add_argument("--disable-cbt", action="store_true", help="turn off changed block tracking")
+    p.add_argument("--compress", default="zstd", help="zstd[:LEVEL], lz4 or none (new chunks)")
+    p.add_argument(
+        "--block-size",
+        default=str(DEFAULT_BLOCK_SIZE),
+        help="block size of a NEW repository: bytes or with K/M suffix (default 1M)",
+    )
+    p.add_argument("--parallel", type=int, default=4, help="reader threads (default 4)")
+    p.add_argument(
+        "--max-incremental-age",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="older last exports make a full export (default 7)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    return p
+
+
+def _size(text: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise UsageError(f"cannot read size {text!r}") from None
+
+
+def to_options(args: argparse.Namespace) -> Options:
+    actions = [
+        a
+        for a, on in (
+            ("info", args.incremental_info),
+            ("enable-cbt", args.enable_cbt),
+            ("disable-cbt", args.disable_cbt),
+        )
+        if on
+    ]
+    if len(actions) > 1:
+        raise UsageError("--incremental-info, --enable-cbt and --disable-cbt exclude each other")
+    action = actions[0] if actions else "export"
+    if action == "export" and not args.output:
+        raise UsageError("an export needs --output (the repository folder)")
+    comp, _, level = args.compress.partition(":")
+    if comp.lower() not in ("zstd", "lz4", "none"):
+        raise UsageError(f"unknown compression {comp!r}: choose zstd, lz4 or none")
+    if level and not level.isdigit():
+        raise UsageError(f"zstd level {level!r} is not a number")
+    if not 1 <= args.parallel <= 64:
+        raise UsageError("--parallel must be 1 to 64")
+    if args.max_incremental_age <= 0:
+        raise UsageError("--max-incremental-age must be positive")
+    return Options(
+        vm=args.vm,
+        output=args.output,
+        action=action,
+        incremental=args.incremental,
+        force_full=args.force_full,
+        compression=comp.lower(),
+        compression_level=int(level) if level else None,
+        block_size=check_block_size(_size(args.block_size)),
+        parallel=args.parallel,
+        max_age=timedelta(days=args.max_incremental_age),
+        json=args.json,
+        quiet=args.quiet,
+    )
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise ExportCancelled("terminated; nothing was committed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return run(to_options(args))
+    except (Exception, KeyboardInterrupt) as err:
+        return fail(PROG, err, as_json=args.json)
+
+
+def run(opts: Options) -> int:
+    history = History()
+    provider = open_provider(opts.vm)
+    try:
+        if opts.action == "enable-cbt":
+            provider.enable_cbt()
+            return _say(
+                opts, {"success": True, "message": f"CBT enabled successfully for {opts.vm}"}
+            )
+        if opts.action == "disable-cbt":
+            provider.disable_cbt()
+            return _say(
+                opts, {"success": True, "message": f"CBT disabled successfully for {opts.vm}"}
+            )
+        if opts.action == "info":
+            repo = Repository.open(opts.output) if opts.output else None
+            analysis = analyze(provider, history, repo=repo, max_age=opts.max_age)
+            print_analysis(analysis, as_json=opts.json)
+            return 0
+        return _export(opts, provider, history)
+    finally:
+        provider.close()
+
+
+def _say(opts: Options, doc: dict[str, object]) -> int:
+    if opts.json:
+        print_json(doc)
+    elif not opts.quiet:
+        print(doc["message"])
+    return 0
+
+
+def _export(opts: Options, provider: Provider, history: History) -> int:
+    bar = ByteProgress(enabled=not (opts.quiet or opts.json))
+
+    def on_plan(mode: str, reason: str, total: int) -> None:
+        if not (opts.quiet or opts.json):
+            sys.stderr.write(f"{mode} export: {reason}\n")
+        bar.start(f"{mode} export", total)
+
+    request = ExportRequest(
+        output=str(opts.output),
+        incremental=opts.incremental,
+        force_full=opts.force_full,
+        compression=opts.compression,
+        block_size=opts.block_size,
+        parallel=opts.parallel,
+        max_age=opts.max_age,
+        on_plan=on_plan,
+        progress=bar.advance,
+    )
+    if opts.compression_level is not None:
+        request.compression_level = opts.compression_level
+    try:
+        report = run_export(provider, request, history)
+    finally:
+        bar.close()
+    if opts.json:
+        print_json(report.to_json())
+    elif not opts.quiet:
+        _summary(report)
+    return 0
+
+
+def _summary(r: ExportReport) -> None:
+    speed = r.bytes_read / r.duration_s / 2**20 if r.duration_s else 0.0
+    print(
+        f"{r.mode} export of {r.vm_name} committed as generation {r.generation}: "
+        f"read {human_bytes(r.bytes_read)}, stored {human_bytes(r.bytes_stored)} "
+        f"in {r.duration_s:.1f} s ({speed:.0f} MiB/s)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

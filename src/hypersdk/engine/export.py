@@ -1,0 +1,188 @@
+"""One export of a VM from start to finish: lock, decide, freeze, copy, commit, record.
+
+Order matters for the chain: the writer lock is taken before the hypervisor is touched;
+the generation is committed before the export history records the new change ids, and
+only then may the provider drop older tracking state (QEMU checkpoints).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from hypersdk.engine.decision import DEFAULT_MAX_AGE, Decision, decide
+from hypersdk.engine.source import DiskSnapshot, VmIdentity
+from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter, bytes_to_read
+from hypersdk.errors import ChangeIdInvalid
+from hypersdk.providers.base import CbtStatus, Provider
+from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL, Repository
+from hypersdk.state.history import DiskEntry, ExportRecord, History
+
+
+@dataclass
+class ExportRequest:
+    output: str
+    incremental: bool = False
+    force_full: bool = False
+    compression: str = "zstd"
+    compression_level: int = DEFAULT_ZSTD_LEVEL
+    block_size: int = DEFAULT_BLOCK_SIZE
+    parallel: int = 4
+    max_age: timedelta = DEFAULT_MAX_AGE
+    on_plan: Callable[[str, str, int], None] | None = None  # (mode, reason, bytes to read)
+    progress: Callable[[int], None] | None = None
+    cancel: threading.Event | None = None
+
+
+@dataclass
+class ExportReport:
+    vm: str
+    vm_name: str
+    generation: str
+    mode: str
+    reason: str
+    bytes_read: int
+    bytes_stored: int
+    duration_s: float
+    output: str
+    disks: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "vm_name": self.vm_name,
+            "generation": self.generation,
+            "mode": self.mode,
+            "reason": self.reason,
+            "bytes_read": self.bytes_read,
+            "bytes_stored": self.bytes_stored,
+            "duration_s": round(self.duration_s, 3),
+            "throughput_mib_s": round(self.bytes_read / self.duration_s / 2**20, 1)
+            if self.duration_s
+            else 0.0,
+            "output": self.output,
+            "disks": self.disks,
+        }
+
+
+def choose_mode(request: ExportRequest, decision: Decision) -> tuple[bool, str]:
+    """(incremental?, reason) for what the user asked and what is possible."""
+    if request.force_full:
+        return False, "Full export forced (--force-full)"
+    if not request.incremental:
+        return False, "Full export requested (no --incremental)"
+    return decision.can_incremental, decision.reason
+
+
+def run_export(provider: Provider, request: ExportRequest, history: History) -> ExportReport:
+    vm = provider.identity()
+    repo = Repository.open_or_init(
+        request.output,
+        block_size=request.block_size,
+        compression=request.compression,
+        compression_level=request.compression_level,
+    )
+    options = ExportOptions(request.parallel, request.progress, request.cancel)
+    with GenerationWriter(repo, vm) as writer:
+        status = provider.cbt_status()
+        decision = decide(
+            status,
+            history.latest(vm.vm_id, repo.config.id),
+            check_change_id=provider.check_change_id,
+            repo=repo,
+            max_age=request.max_age,
+        )
+        incremental, reason = choose_mode(request, decision)
+        try:
+            result, disks = _copy(
+                provider, writer, decision if incremental else None, reason, options, request
+            )
+        except ChangeIdInvalid as exc:
+            # The platform refused the old change id (vSphere FileFault/InvalidArgument,
+            # a QEMU checkpoint that vanished): the chain cannot continue; start anew.
+            reason = f"Previous change id was rejected ({exc}): full export instead"
+            result, disks = _copy(provider, writer, None, reason, options, request)
+    _record(history, repo, vm, status, result, disks)
+    provider.backup_committed({d.key: d.change_id for d in disks})
+    m = result.manifest
+    return ExportReport(
+        vm=vm.vm_id,
+        vm_name=vm.name,
+        generation=m.id,
+        mode=m.type,
+        reason=m.reason,
+        bytes_read=result.bytes_read,
+        bytes_stored=result.bytes_stored,
+        duration_s=result.duration_s,
+        output=str(repo.root),
+        disks=[
+            {
+                "key": d.key,
+                "capacity_bytes": d.capacity_bytes,
+                "change_id": d.change_id,
+                "bytes_read": d.bytes_read,
+                "bytes_stored": d.bytes_stored,
+            }
+            for d in m.disks
+        ],
+    )
+
+
+def _copy(
+    provider: Provider,
+    writer: GenerationWriter,
+    decision: Decision | None,
+    reason: str,
+    options: ExportOptions,
+    request: ExportRequest,
+) -> tuple[GenerationResult, list[DiskSnapshot]]:
+    since = decision.since if decision is not None else None
+    parent = decision.parent if decision is not None else None
+    with provider.open_backup(since) as session:
+        disks = list(session.disks)
+        if request.on_plan is not None:
+            total = bytes_to_read(disks, writer.repo.config.block_size)
+            request.on_plan("incremental" if parent else "full", reason, total)
+        result = writer.write(disks, parent=parent, reason=reason, options=options)
+    return result, disks
+
+
+def _record(
+    history: History,
+    repo: Repository,
+    vm: VmIdentity,
+    status: CbtStatus,
+    result: GenerationResult,
+    disks: list[DiskSnapshot],
+) -> None:
+    m = result.manifest
+    history.record(
+        ExportRecord(
+            vm_id=m.vm_id,
+            vm_name=m.vm_name,
+            export_time=m.created[:19] + "Z",
+            snapshot_id=m.id,
+            change_id=m.id,
+            disk_change_ids={d.key: d.change_id for d in disks},
+            export_path=str(repo.root),
+            total_size=m.total_size,
+            disks=[
+                DiskEntry(d.key, d.path, d.capacity_bytes, d.change_id, d.backing_info)
+                for d in disks
+            ],
+            platform=m.platform,
+            locator=vm.locator,
+            generation=m.id,
+            repository_id=repo.config.id,
+            mode=m.type,
+            reason=m.reason,
+            cbt_enabled=status.enabled,
+            bytes_read=result.bytes_read,
+            bytes_stored=result.bytes_stored,
+            duration_s=round(result.duration_s, 3),
+            created=m.created,
+        )
+    )

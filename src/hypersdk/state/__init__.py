@@ -1,0 +1,1 @@
+"""Local state of this tool: the export history under ``~/.hypersdk/incremental/``."""

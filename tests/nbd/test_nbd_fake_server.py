@@ -1,0 +1,215 @@
+"""NbdClient against a scripted server built on protocol.py, for behaviour that real
+servers do not show on demand: no NBD_OPT_GO, simple replies only, misbehaviour."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hypersdk.errors import NbdError
+from hypersdk.nbd import NbdClient, NbdProtocolError
+from hypersdk.nbd import protocol as p
+
+SIZE = 1024 * 1024
+Handler = Callable[[socket.socket, p.Request], None]
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        got = conn.recv(n - len(data))
+        if not got:
+            raise EOFError
+        data += got
+    return data
+
+
+def content(offset: int, length: int) -> bytes:
+    return bytes((offset + i) % 251 for i in range(length))
+
+
+class FakeServer:
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        *,
+        go: bool = True,
+        structured: bool = True,
+        no_zeroes: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.go, self.structured, self.no_zeroes = go, structured, no_zeroes
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self.listener.settimeout(10)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                if self._handshake(conn):
+                    while True:
+                        request = p.decode_request(recv_exact(conn, p.REQUEST.size))
+                        if request.command == p.CMD_DISC:
+                            return
+                        self.handler(conn, request)
+            except (EOFError, OSError):
+                return
+
+    def _handshake(self, conn: socket.socket) -> bool:
+        flags = p.FLAG_FIXED_NEWSTYLE | (p.FLAG_NO_ZEROES if self.no_zeroes else 0)
+        conn.sendall(p.encode_greeting(flags))
+        client_flags = p.decode_client_flags(recv_exact(conn, 4))
+        info = p.ExportInfo(SIZE, p.TFLAG_HAS_FLAGS | p.TFLAG_SEND_FLUSH)
+        while True:
+            option, length = p.decode_option_header(recv_exact(conn, 16))
+            data = recv_exact(conn, length) if length else b""
+            if option == p.OPT_STRUCTURED_REPLY and self.structured:
+                conn.sendall(p.encode_option_reply(option, p.REP_ACK))
+            elif option == p.OPT_SET_META_CONTEXT and self.structured:
+                _, queries = p.decode_meta_context_request(data)
+                if "base:allocation" in queries:
+                    reply = p.encode_meta_context_reply(7, "base:allocation")
+                    conn.sendall(p.encode_option_reply(option, p.REP_META_CONTEXT, reply))
+                conn.sendall(p.encode_option_reply(option, p.REP_ACK))
+            elif option == p.OPT_GO and self.go:
+                conn.sendall(p.encode_option_reply(option, p.REP_INFO, p.encode_info_export(info)))
+                conn.sendall(p.encode_option_reply(option, p.REP_ACK))
+                return True
+            elif option == p.OPT_EXPORT_NAME:
+                no_zeroes = bool(client_flags & p.FLAG_C_NO_ZEROES)
+                conn.sendall(p.encode_export_name_reply(info, no_zeroes))
+                return True
+            elif option == p.OPT_ABORT:
+                return False
+            else:
+                conn.sendall(p.encode_option_reply(option, p.REP_ERR_UNSUP, b"not here"))
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    started: list[FakeServer] = []
+
+    def start(handler: Handler, **kwargs: bool) -> str:
+        path = tmp_path / f"fake{len(started)}.sock"
+        started.append(FakeServer(path, handler, **kwargs))
+        return str(path)
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def simple_read(conn: socket.socket, req: p.Request) -> None:
+    reply = p.encode_simple_reply(0, req.cookie)
+    if req.command == p.CMD_READ:
+        reply += content(req.offset, req.length)
+    conn.sendall(reply)
+
+
+def scattered_read(conn: socket.socket, req: p.Request) -> None:
+    """Answer a read with a hole and two data chunks, out of order."""
+    if req.command != p.CMD_READ:
+        conn.sendall(p.encode_simple_reply(0, req.cookie))
+        return
+    third = req.length // 3
+    a, b = req.offset + third, req.offset + 2 * third
+    second = content(b, req.offset + req.length - b)
+    chunks = [
+        (p.REPLY_TYPE_OFFSET_DATA, p.encode_offset_data(b, second)),
+        (p.REPLY_TYPE_OFFSET_HOLE, p.encode_offset_hole(req.offset, third)),
+        (p.REPLY_TYPE_OFFSET_DATA, p.encode_offset_data(a, content(a, b - a))),
+    ]
+    for i, (rtype, payload) in enumerate(chunks):
+        flags = p.REPLY_FLAG_DONE if i == len(chunks) - 1 else 0
+        conn.sendall(p.encode_chunk_header(flags, rtype, req.cookie, len(payload)) + payload)
+
+
+@pytest.mark.parametrize("no_zeroes", [True, False])
+def test_export_name_fallback_and_simple_replies(
+    serve: Callable[..., str], no_zeroes: bool
+) -> None:
+    sock = serve(simple_read, go=False, structured=False, no_zeroes=no_zeroes)
+    with NbdClient.connect(sock) as client:
+        assert client.size == SIZE
+        assert not client.structured_replies
+        assert client.can_flush and not client.read_only
+        assert client.pread(1000, 70000) == content(1000, 70000)
+        client.flush()
+
+
+def test_meta_context_needs_structured_replies(serve: Callable[..., str]) -> None:
+    sock = serve(simple_read, structured=False)
+    with pytest.raises(NbdError, match="does not support structured"):
+        NbdClient.connect(sock, meta_contexts=("base:allocation",))
+
+
+def test_structured_read_out_of_order_with_hole(serve: Callable[..., str]) -> None:
+    sock = serve(scattered_read)
+    with NbdClient.connect(sock) as client:
+        length = 3 * 40000 + 2
+        expected = bytes(40000) + content(40000, length - 40000)
+        assert client.pread(0, length) == expected
+        # a hole must come out as zeros even where an earlier read left data behind
+        assert client.pread(50, length) == bytes(40000) + content(40050, length - 40000)
+
+
+def test_block_status_that_stops_advancing(serve: Callable[..., str]) -> None:
+    def handler(conn: socket.socket, req: p.Request) -> None:
+        payload = p.encode_block_status(7, [(0, 0)])
+        conn.sendall(
+            p.encode_chunk_header(p.REPLY_FLAG_DONE, p.REPLY_TYPE_BLOCK_STATUS, req.cookie, 12)
+            + payload
+        )
+
+    sock = serve(handler)
+    with NbdClient.connect(sock, meta_contexts=("base:allocation",)) as client:
+        assert client.meta_contexts == {"base:allocation": 7}
+        with pytest.raises(NbdProtocolError, match="stopped advancing"):
+            client.block_status("base:allocation", 0, SIZE)
+
+
+def test_short_read_reply_is_an_error(serve: Callable[..., str]) -> None:
+    def handler(conn: socket.socket, req: p.Request) -> None:
+        payload = p.encode_offset_data(req.offset, content(req.offset, req.length - 1))
+        header = p.encode_chunk_header(
+            p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA, req.cookie, len(payload)
+        )
+        conn.sendall(header + payload)
+
+    sock = serve(handler)
+    with NbdClient.connect(sock) as client, pytest.raises(NbdProtocolError, match="with 99 bytes"):
+        client.pread(0, 100)
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (lambda req: b"\xde\xad\xbe\xef" + bytes(12), "bad NBD reply magic"),
+        (lambda req: p.encode_simple_reply(0, req.cookie + 1000), "unknown cookie"),
+    ],
+)
+def test_broken_reply_fails_the_connection(
+    serve: Callable[..., str], reply: Callable[[p.Request], bytes], message: str
+) -> None:
+    sock = serve(lambda conn, req: conn.sendall(reply(req)))
+    with NbdClient.connect(sock) as client:
+        with pytest.raises(NbdProtocolError, match=message):
+            client.pread(0, 10)
+        with pytest.raises(NbdProtocolError, match=message):
+            client.pread(0, 10)  # the client stays failed, it does not hang
