@@ -2,13 +2,16 @@
 VENV := .venv/bin
 SRC := src/hypersdk
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo demo-raw test lint typecheck unit bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	$(VENV)/python demo/run_demo.py
+
+demo-raw: setup
+	$(VENV)/python demo/raw_image_demo.py
 
 lint: setup
 	$(VENV)/ruff check src tests bench demo

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,14 +25,7 @@ from tests.chain import export
 
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
-from imagegen import MIB, change_blocks, extents_since, make_image
-
-
-def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    os.sync()
-    t0 = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - t0, result
+from imagegen import MIB, change_blocks, extents_since, make_image, timed
 
 
 def cp(src: Path, dst: Path) -> None:

@@ -1,10 +1,14 @@
-"""Deterministic test disk images: a mix of compressible, random and zero blocks."""
+"""Shared by the benchmarks and demos: deterministic disk images (a mix of compressible,
+random and zero blocks), the CBT stand-in for raw images, and timing."""
 
 from __future__ import annotations
 
 import os
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from hypersdk.engine.source import Extent
 from hypersdk.repository.envelope import chunk_id
@@ -12,6 +16,7 @@ from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 
 MIB = 1024 * 1024
+T = TypeVar("T")
 # Maps random bytes onto 16 letters: data that zstd shrinks to about half, like text or logs.
 _LOW_ENTROPY = bytes(b"etaoinshrdlucmfw"[i % 16] for i in range(256))
 
@@ -61,3 +66,11 @@ def extents_since(repo: Repository, manifest: Manifest, disk: str, img: Path) ->
             if new != index.get(block):
                 out.append(Extent(block * index.block_size, len(data)))
     return out
+
+
+def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
+    """Seconds ``fn`` takes, starting with no dirty pages so runs compare fairly."""
+    os.sync()
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - t0, result

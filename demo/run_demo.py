@@ -1,19 +1,26 @@
-"""The built-in demo: incremental export of a generated raw disk, end to end.
+"""`make demo`: incremental export of a vSphere VM on the built-in lab, end to end.
 
-Full export, change 5% of the blocks, incremental export, restore both points in time and
-compare their checksums with the disk as it was. Everything happens in a temp folder that
-is removed at the end (``--keep`` keeps it).
+Starts the lab (a simulated vCenter with changed block tracking), enables CBT on a VM,
+writes data into its disk, makes a full export, changes about 5% of the blocks, shows
+`--incremental-info`, makes an incremental export, restores both generations, compares
+their checksums with the lab's disk file at each point and prints what was measured.
+Everything runs through the real command lines (`hyperexport`, `hyperctl`) in a temp
+folder that is removed at the end (`--keep` keeps it). The lab is stopped by its pid.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
+import random
 import shutil
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,15 +28,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from hypersdk.cli.output import human_bytes
-from hypersdk.engine.source import DiskSnapshot, Extent, RawImageReader, VmIdentity
-from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter
-from hypersdk.repository.manifest import Manifest
-from hypersdk.repository.repository import Repository
-from hypersdk.repository.restore import restore_disk
-from hypersdk.repository.verify import select, verify
-from imagegen import MIB, change_blocks, extents_since, make_image
+from hypersdk.lab.vcsim import VcsimLab, VmSpec
+from imagegen import MIB, block_data
 
 console = Console()
+VM = "/DC0/vm/demo-vm"
 
 
 def sha256(path: Path) -> str:
@@ -40,101 +43,121 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export(
-    repo: Repository, img: Path, changed: list[Extent] | None, parent: Manifest | None
-) -> GenerationResult:
-    vm = VmIdentity("demo-vm", "demo-vm", "raw", f"raw:{img}")
-    with RawImageReader(img) as reader, GenerationWriter(repo, vm) as writer:
-        disk = DiskSnapshot("disk-0", img.stat().st_size, "demo", changed, reader)
-        return writer.write(
-            [disk],
-            parent=parent,
-            reason="demo",
-            options=ExportOptions(parallel=4),
-        )
+class Demo:
+    def __init__(self, work: Path, env: dict[str, str]) -> None:
+        self.work = work
+        self.env = env
+        self.repo = work / "repo"
+
+    def run(self, prog: str, *args: str, show: bool = False) -> str:
+        cmd = [sys.executable, "-m", f"hypersdk.cli.{prog}", *args]
+        console.print(f"[dim]$ {prog} {' '.join(args)}[/]")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"{prog} failed ({proc.returncode}): {proc.stderr.strip()}")
+        if show:
+            console.print(proc.stdout.rstrip(), highlight=False, markup=False)
+        return proc.stdout
+
+    def export(self, *args: str) -> dict[str, Any]:
+        out = json.loads(self.run("hyperexport", "--vm", VM, "--output", str(self.repo),
+                                  "--json", *args))  # fmt: skip
+        console.print(f"   {out['mode']}: {out['reason']}")
+        return out
+
+
+def fill(lab: VcsimLab, size: int, fraction: float, seed: int) -> int:
+    """Write ``fraction`` of the disk's 1 MiB blocks with mixed data; returns the count."""
+    rng = random.Random(seed)
+    blocks = rng.sample(range(size // MIB), int(size // MIB * fraction))
+    for b in sorted(blocks):
+        data = block_data(rng, MIB)
+        lab.write(VM, b * MIB, data if any(data) else bytes(MIB))
+    return len(blocks)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size-mib", type=int, default=512)
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--size-mib", type=int, default=1024, help="the VM's disk size")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
+    size = args.size_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="hypersdk-demo-"))
+    lab = VcsimLab(work / "lab")
     try:
-        img, repo_dir = work / "disk.raw", work / "repo"
-        size = args.size_mib * MIB
-        console.print(f"[bold]1.[/] generating a {args.size_mib} MiB disk image in {work}")
-        make_image(img, size)
-        sums = [sha256(img)]
-        repo = Repository.open_or_init(repo_dir)
+        console.print("[bold]1.[/] building and starting the vSphere lab")
+        settings = lab.start(vms=[VmSpec("demo-vm", (size,))])
+        env = {**os.environ, **settings.govc_env(), "HYPERSDK_STATE_DIR": str(work / "state")}
+        demo = Demo(work, env)
+        console.print(f"   vCenter simulator at {settings.url} (pid {settings.pid})")
 
-        console.print("[bold]2.[/] full export")
-        full = export(repo, img, None, None)
+        console.print("[bold]2.[/] enabling CBT and writing data into the VM's disk")
+        demo.run("hyperexport", "--vm", VM, "--enable-cbt", show=True)
+        written = fill(lab, size, 0.5, seed=1)
+        console.print(f"   wrote {written} MiB")
 
-        console.print("[bold]3.[/] changing 5% of the blocks")
-        changed_blocks = change_blocks(img, 0.05, block=MIB)
-        sums.append(sha256(img))
-        # The raw image has no CBT: the demo knows which blocks it changed. Real
-        # providers report these extents from the hypervisor's changed block tracking.
-        extents = extents_since(repo, full.manifest, "disk-0", img)
+        console.print("[bold]3.[/] full export")
+        full = demo.export()
+        flat = lab.vm(VM).disk().flat_path
+        sums = {full["generation"]: sha256(flat)}
 
-        console.print(f"[bold]4.[/] incremental export ({changed_blocks} changed blocks)")
-        inc = export(repo, img, extents, full.manifest)
+        console.print("[bold]4.[/] changing about 5% of the blocks")
+        changed = fill(lab, size, 0.05, seed=2)
+        console.print(f"   rewrote {changed} blocks of 1 MiB")
 
-        console.print("[bold]5.[/] restoring both generations and comparing checksums")
+        console.print("[bold]5.[/] what an incremental export would do now")
+        demo.run("hyperexport", "--vm", VM, "--output", str(demo.repo), "--incremental-info",
+                 show=True)  # fmt: skip
+
+        console.print("[bold]6.[/] incremental export")
+        inc = demo.export("--incremental")
+        sums[inc["generation"]] = sha256(flat)
+
+        console.print("[bold]7.[/] restoring both generations and comparing checksums")
         ok = True
-        restore_times = []
-        for gen, expected in zip((full, inc), sums, strict=True):
-            out = work / f"restore-{gen.manifest.id}.raw"
-            t0 = time.monotonic()
-            restore_disk(repo, gen.manifest, "disk-0", out)
-            restore_times.append(time.monotonic() - t0)
+        for gen in (full, inc):
+            out = work / f"{gen['generation']}.raw"
+            demo.run("hyperctl", "restore", "--output", str(demo.repo), "--vm", gen["vm"],
+                     "--generation", gen["generation"], "--to", str(out), "--quiet")  # fmt: skip
             got = sha256(out)
-            match = got == expected
+            match = got == sums[gen["generation"]]
             ok &= match
             console.print(
-                f"   {gen.manifest.type:<11} {gen.manifest.id}  sha256 {got[:16]}…  "
-                + ("[green]matches[/]" if match else "[red]DIFFERS[/]")
+                f"   {gen['mode']:<11} {gen['generation']}  sha256 {got[:16]}…  "
+                + ("[green]matches the lab's disk file[/]" if match else "[red]DIFFERS[/]")
             )
             out.unlink()
-        report = verify(repo, select(repo, None, None))
-        console.print(
-            f"   verify: {'OK' if report.ok else 'DAMAGE FOUND'} ({report.chunks_checked} chunks)"
-        )
-        ok &= report.ok
-        _table(size, full, inc, restore_times)
+        demo.run("hyperctl", "verify", "--output", str(demo.repo), show=True)
+        table(size, full, inc)
         return 0 if ok else 1
     finally:
-        if args.keep:
-            console.print(f"kept {work}")
-        else:
+        lab.stop()
+        console.print(f"lab stopped; {'kept ' + str(work) if args.keep else 'cleaned up'}")
+        if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _table(size: int, full: GenerationResult, inc: GenerationResult, restores: list[float]) -> None:
-    t = Table(title="Measured on this run")
-    for col in ("Export Type", "Duration", "Data Read", "Stored", "Throughput"):
+def table(size: int, full: dict[str, Any], inc: dict[str, Any]) -> None:
+    t = Table(title=f"Performance Comparison, measured on this run ({human_bytes(size)} VM)")
+    for col in ("Export Type", "Duration", "Data Transfer", "Storage", "Bandwidth"):
         t.add_column(col, justify="left" if col == "Export Type" else "right")
     for name, r in (("Full", full), ("Incremental", inc)):
         t.add_row(
             name,
-            f"{r.duration_s:.2f} s",
-            human_bytes(r.bytes_read),
-            human_bytes(r.bytes_stored),
-            f"{r.bytes_read / r.duration_s / MIB:.0f} MiB/s",
+            f"{r['duration_s']:.2f} s",
+            human_bytes(r["bytes_read"]),
+            human_bytes(r["bytes_stored"]),
+            f"{r['throughput_mib_s']:.0f} MiB/s",
         )
+    pct = lambda a, b: f"{100 * (1 - a / b):.0f}%" if b else "-"  # noqa: E731
     t.add_row(
         "[bold]Savings[/]",
-        f"{100 * (1 - inc.duration_s / full.duration_s):.0f}%",
-        f"{100 * (1 - inc.bytes_read / full.bytes_read):.0f}%",
-        f"{100 * (1 - inc.bytes_stored / max(full.bytes_stored, 1)):.0f}%",
-        "",
+        pct(inc["duration_s"], full["duration_s"]),
+        pct(inc["bytes_read"], full["bytes_read"]),
+        pct(inc["bytes_stored"], full["bytes_stored"]),
+        "N/A",
     )
     console.print(t)
-    console.print(
-        f"restore: {size / restores[0] / MIB:.0f} MiB/s (full), "
-        f"{size / restores[1] / MIB:.0f} MiB/s (incremental)"
-    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ VMS = (
 @pytest.fixture(scope="session")
 def lab_binary() -> Path:
     if shutil.which("go") is None or not GOVMOMI_SRC.is_dir():
-        pytest.skip("needs Debian's golang-go and golang-github-vmware-govmomi-dev")
+        # scripts/setup.sh installs them: missing here means the setup is broken.
+        pytest.fail("needs Debian's golang-go and golang-github-vmware-govmomi-dev")
     return LabBuild(default_source_dir()).build()
 
 

@@ -19,7 +19,7 @@ STARTUP_TIMEOUT = 10.0
 
 def _need(tool: str) -> None:
     if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed")
+        pytest.fail(f"{tool} is not installed (scripts/setup.sh installs it)")
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:

@@ -5,11 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rigs.qsd import MiB, QemuStorageDaemon, have
-
-pytestmark = pytest.mark.skipif(
-    not have("qemu-storage-daemon"), reason="qemu-storage-daemon is not installed"
-)
+from tests.rigs.qsd import MiB, QemuStorageDaemon
 
 
 @pytest.fixture

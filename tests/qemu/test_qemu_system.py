@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from hypersdk.providers.qemu import QmpProvider, open_qemu_provider
 from tests.qemu.helpers import image_bytes, materialize, ranges
-from tests.rigs.qsd import MiB, QemuVm, have
+from tests.rigs.qsd import MiB, QemuVm
 
 K64 = 64 * 1024
 
-pytestmark = pytest.mark.skipif(
-    not have("qemu-system-x86_64"), reason="qemu-system-x86_64 is not installed"
-)
 
 
 def test_vm_full_then_incremental(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ hyperexport --vm VM --enable-cbt | --disable-cbt
 from __future__ import annotations
 
 import argparse
+import getpass
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,8 @@ from hypersdk.engine.analysis import analyze
 from hypersdk.engine.export import ExportReport, ExportRequest, run_export
 from hypersdk.errors import ExportCancelled, UsageError
 from hypersdk.providers.base import Provider
-from hypersdk.providers.factory import open_provider
+from hypersdk.providers.connection import VsphereSettings
+from hypersdk.providers.factory import QEMU_PREFIXES, open_provider
 from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, Repository, check_block_size
 from hypersdk.state.history import History
 
@@ -43,6 +45,7 @@ class Options:
     max_age: timedelta
     json: bool
     quiet: bool
+    vsphere: VsphereSettings | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DAYS",
         help="older last exports make a full export (default 7)",
     )
+    p.add_argument(
+        "--server",
+        help="vSphere server, https://host/sdk (else HYPERSDK_VSPHERE_URL or GOVC_URL); the "
+        "password comes from HYPERSDK_VSPHERE_PASSWORD, GOVC_PASSWORD or a prompt",
+    )
+    p.add_argument(
+        "--username", help="vSphere user (else HYPERSDK_VSPHERE_USERNAME or GOVC_USERNAME)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="do not verify the vSphere TLS certificate (else GOVC_INSECURE=1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return p
@@ -98,6 +115,27 @@ def _size(text: str) -> int:
         return int(t)
     except ValueError:
         raise UsageError(f"cannot read size {text!r}") from None
+
+
+def vsphere_settings(args: argparse.Namespace) -> VsphereSettings | None:
+    """Connection settings for a vSphere ``--vm`` (None for QEMU locators or no server).
+    The password is never a flag: environment, or a prompt when stdin is a terminal."""
+    if args.vm.startswith(QEMU_PREFIXES):
+        return None
+    settings = VsphereSettings.resolve(
+        server=args.server, username=args.username, insecure=args.insecure
+    )
+    if settings is None or settings.password:
+        return settings
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no vSphere password: set HYPERSDK_VSPHERE_PASSWORD or GOVC_PASSWORD "
+            "(a prompt needs a terminal)"
+        )
+    password = getpass.getpass(f"Password for {settings.username} on {settings.server}: ")
+    return VsphereSettings.resolve(
+        server=args.server, username=args.username, password=password, insecure=args.insecure
+    )
 
 
 def to_options(args: argparse.Namespace) -> Options:
@@ -137,6 +175,7 @@ def to_options(args: argparse.Namespace) -> Options:
         max_age=timedelta(days=args.max_incremental_age),
         json=args.json,
         quiet=args.quiet,
+        vsphere=vsphere_settings(args),
     )
 
 
@@ -155,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(opts: Options) -> int:
     history = History()
-    provider = open_provider(opts.vm)
+    provider = open_provider(opts.vm, opts.vsphere)
     try:
         if opts.action == "enable-cbt":
             provider.enable_cbt()

@@ -8,6 +8,7 @@ only then may the provider drop older tracking state (QEMU checkpoints).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -78,6 +79,7 @@ def choose_mode(request: ExportRequest, decision: Decision) -> tuple[bool, str]:
 
 
 def run_export(provider: Provider, request: ExportRequest, history: History) -> ExportReport:
+    started = time.monotonic()
     vm = provider.identity()
     repo = Repository.open_or_init(
         request.output,
@@ -116,7 +118,7 @@ def run_export(provider: Provider, request: ExportRequest, history: History) -> 
         reason=m.reason,
         bytes_read=result.bytes_read,
         bytes_stored=result.bytes_stored,
-        duration_s=result.duration_s,
+        duration_s=time.monotonic() - started,  # the whole export, snapshot included
         output=str(repo.root),
         disks=[
             {

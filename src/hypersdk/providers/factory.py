@@ -20,7 +20,13 @@ def open_provider(locator: str, vsphere: VsphereSettings | None = None) -> Provi
         from hypersdk.providers.qemu import open_qemu_provider
 
         return open_qemu_provider(locator)
-    raise UsageError(
-        f"cannot tell the platform of {locator!r}: use qemu:/path/to/qmp.sock "
-        "or qcow2:/path/to/disk.qcow2"
-    )
+    # Anything else is a vSphere inventory path.
+    if vsphere is None:
+        raise UsageError(
+            f"cannot tell the platform of {locator!r}: for a vSphere inventory path pass "
+            "--server (and --username) or set GOVC_URL/HYPERSDK_VSPHERE_URL; for QEMU use "
+            "qemu:/path/to/qmp.sock or qcow2:/path/to/disk.qcow2"
+        )
+    from hypersdk.providers.vsphere import open_vsphere_provider
+
+    return open_vsphere_provider(locator, vsphere)

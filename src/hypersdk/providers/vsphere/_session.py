@@ -1,0 +1,224 @@
+"""The backup session: one snapshot of the VM, its disks as DiskSnapshots.
+
+Start (any failure tears down what was built, then raises):
+
+1. remove snapshots left by a crashed run of this tool (and say so);
+2. refuse a VM that has other snapshots: the backup snapshot's disks would be delta
+   disks, which cannot be read over ``/folder``;
+3. create ``hypersdk-backup-<utc>-<rand>`` (memory off, quiesce optional);
+4. from the SNAPSHOT's ``config.hardware`` (not the VM's live config) take each disk's
+   file name, capacity and change id, refuse any disk that is not a flat base disk;
+5. per disk, page ``QueryChangedDiskAreas(snapshot, key, offset, since or "*")``; a CBT
+   VM with no previous change id asks "*" (allocated areas, the rest reads as zero); a
+   VM without CBT reads every byte;
+6. one HTTPS Range reader per disk on the snapshot's flat file.
+
+``__exit__`` always closes the HTTP client and removes the snapshot, on errors and
+Ctrl-C too. A snapshot create interrupted mid-wait is found by name and removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from hypersdk.engine.source import DiskSnapshot
+from hypersdk.errors import (
+    ChangeIdInvalid,
+    HyperSDKError,
+    ProviderError,
+)
+from hypersdk.providers.vsphere import _changed, _inventory, _reader, _snapshots
+from hypersdk.providers.vsphere._connection import VsphereConnection
+from hypersdk.providers.vsphere._inventory import VsphereDisk
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POOL = 16
+
+
+class VsphereBackupSession:
+    def __init__(
+        self,
+        conn: VsphereConnection,
+        vm: Any,
+        since: Mapping[str, str] | None,
+        *,
+        quiesce: bool = False,
+        read_data: bool = True,
+        pool: int = DEFAULT_POOL,
+        on_message: Callable[[str], None] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._vm = vm
+        self._since = dict(since) if since is not None else None
+        self._quiesce = quiesce
+        self._read_data = read_data
+        self._pool = pool
+        self._on_message = on_message
+        self.name = _snapshots.new_name(_snapshots.BACKUP_PREFIX)
+        self.messages: list[str] = []
+        self.query_calls = 0
+        self._snapshot: Any = None
+        self._snapshot_pending = False
+        self._client: httpx.Client | None = None
+        self._disks: list[DiskSnapshot] = []
+        self._closed = False
+
+    @property
+    def disks(self) -> list[DiskSnapshot]:
+        return self._disks
+
+    @property
+    def snapshot(self) -> Any:
+        return self._snapshot
+
+    def start(self) -> VsphereBackupSession:
+        try:
+            with self._conn.translate(f"backup of VM {self._vm.name}"):
+                self._start()
+        except BaseException:
+            self.close(failed=True)
+            raise
+        return self
+
+    def _say(self, msg: str) -> None:
+        self.messages.append(msg)
+        if self._on_message is not None:
+            self._on_message(msg)
+
+    def _start(self) -> None:
+        vm = self._vm
+        for msg in _snapshots.remove_leftovers(vm):
+            self._say(msg)
+        others = [str(n.name) for n in _inventory.snapshot_tree(vm)]
+        if others:
+            raise ProviderError(
+                f"VM {vm.name} already has snapshots ({', '.join(others[:3])}): its disks are "
+                "delta disks, which cannot be read over HTTPS; delete or consolidate the "
+                "snapshots, then export again"
+            )
+        for disk in _inventory.disks(vm.config):
+            refusal = disk.read_refusal()
+            if refusal:
+                raise ProviderError(refusal)
+        self._snapshot_pending = True
+        self._snapshot = _snapshots.create(vm, self.name, quiesce=self._quiesce)
+        disks = _inventory.disks(self._snapshot.config, _inventory.vm_cbt_reason(vm))
+        if not disks:
+            raise ProviderError(f"VM {vm.name} has no virtual disks")
+        for disk in disks:
+            refusal = disk.read_refusal()
+            if refusal:
+                raise ProviderError(refusal)
+        self._check_since(disks)
+        if self._read_data:
+            self._client = _reader.make_client(
+                self._conn.session_cookie(), insecure=self._conn.insecure, pool=self._pool
+            )
+        dc_path = _inventory.datacenter_path(vm) if self._read_data else ""
+        for disk in disks:
+            self._disks.append(self._disk_snapshot(disk, dc_path))
+
+    def _check_since(self, disks: list[VsphereDisk]) -> None:
+        if self._since is None:
+            return
+        keys = {d.key for d in disks}
+        for key in self._since:
+            if key not in keys:
+                raise ChangeIdInvalid(f"disk {key} is no longer part of the VM")
+        for d in disks:
+            old = self._since.get(d.key)
+            if not old:
+                raise ChangeIdInvalid(f"disk {d.key} has no previous change id")
+            if not d.change_id:
+                raise ChangeIdInvalid(f"CBT is not active on disk {d.key}")
+            if old.split("/", 1)[0] != d.change_id.split("/", 1)[0]:
+                raise ChangeIdInvalid(
+                    f"CBT was reset on {d.key} (change id uuid differs): {old} -> {d.change_id}"
+                )
+
+    def _disk_snapshot(self, disk: VsphereDisk, dc_path: str) -> DiskSnapshot:
+        changed: list[Any] | None
+        if disk.change_id:
+            since = self._since.get(disk.key) if self._since is not None else None
+            changed, calls = _changed.changed_areas(
+                self._vm,
+                self._snapshot,
+                disk.device_key,
+                disk.capacity,
+                since or _changed.ALLOCATED,
+                disk.key,
+            )
+            self.query_calls += calls
+        else:
+            # No tracking on this disk (CBT off or not yet active): a full export reads
+            # every byte; the engine stores all-zero blocks as zero.
+            changed = None
+        reader: Any = None
+        if self._client is not None:
+            ds, path = disk.flat_path()
+            url = _reader.folder_url(self._conn.endpoint.netloc, dc_path, ds, path)
+            reader = _reader.HttpRangeReader(self._client, url, disk.capacity, disk.key)
+        return DiskSnapshot(
+            key=disk.key,
+            capacity_bytes=disk.capacity,
+            change_id=disk.change_id,
+            changed=changed,
+            reader=reader,
+            path=disk.file_name,
+            backing_info=disk.backing_type,
+        )
+
+    # -- teardown ------------------------------------------------------------------
+    def close(self, failed: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[str] = []
+        interrupted: BaseException | None = None
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception as err:
+                errors.append(f"closing the HTTP client: {err}")
+        if self._snapshot_pending:
+            try:
+                self._remove_snapshot()
+            except HyperSDKError as err:
+                errors.append(str(err))
+            except BaseException as err:  # Ctrl-C during removal: try once more, then stop
+                interrupted = err
+                try:
+                    self._remove_snapshot()
+                except BaseException as again:
+                    errors.append(f"removing snapshot {self.name}: {again!r}")
+        for e in errors:
+            log.warning("backup cleanup: %s", e)
+        if interrupted is not None:
+            raise interrupted
+        if errors and not failed:
+            raise ProviderError("backup session cleanup failed: " + "; ".join(errors))
+
+    def _remove_snapshot(self) -> None:
+        with self._conn.translate(f"removing snapshot {self.name} of VM {self._vm.name}"):
+            if self._snapshot is not None:
+                _snapshots.remove(self._snapshot, self.name)
+            else:
+                _snapshots.remove_by_name(self._vm, self.name)
+        self._snapshot_pending = False
+
+    def __enter__(self) -> VsphereBackupSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(failed=exc_type is not None)
