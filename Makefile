@@ -2,7 +2,7 @@
 VENV := .venv/bin
 SRC := src/hypersdk
 
-.PHONY: setup demo demo-raw test lint typecheck unit bench clean
+.PHONY: setup demo demo-raw test lint typecheck unit sdk-ts bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,10 +23,15 @@ typecheck: setup
 unit: setup
 	$(VENV)/pytest -q
 
-test: lint typecheck unit
+sdk-ts: setup
+	cd sdk/typescript && npm test
+
+test: lint typecheck unit sdk-ts
 
 bench: setup
 	$(VENV)/python bench/bench_repository.py
+	$(VENV)/python bench/bench_qemu.py
+	$(VENV)/python bench/bench_vsphere.py
 
 clean:
-	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis sdk/typescript/node_modules sdk/typescript/dist sdk/typescript/dist-test lab/vcsim/bin

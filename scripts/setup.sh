@@ -50,7 +50,10 @@ if [[ ! -f "$stamp" ]]; then
   touch "$stamp"
 fi
 
-if [[ -f sdk/typescript/package.json && ! -d sdk/typescript/node_modules ]]; then
-  (cd sdk/typescript && npm install --silent --no-audit --no-fund)
+# The TypeScript SDK's dev tools (typescript, @types/node), exactly as locked.
+ts=sdk/typescript
+if [[ ! -d $ts/node_modules || $ts/package-lock.json -nt $ts/node_modules ]]; then
+  (cd $ts && npm ci --silent --no-audit --no-fund)
+  touch $ts/node_modules
 fi
 echo "setup: ready"

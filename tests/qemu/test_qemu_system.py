@@ -11,7 +11,6 @@ from tests.rigs.qsd import MiB, QemuVm
 K64 = 64 * 1024
 
 
-
 def test_vm_full_then_incremental(tmp_path: Path) -> None:
     with QemuVm(tmp_path / "vm", size=8 * MiB) as vm:
         vm.io("write -P 0x31 0 1M")

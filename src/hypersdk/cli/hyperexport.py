@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument(
-        "--vm", required=True, help="qemu:/path/to/qmp.sock or qcow2:/path/to/disk.qcow2"
+        "--vm",
+        required=True,
+        help="a vSphere inventory path (/Datacenter/vm/name), qemu:/path/to/qmp.sock "
+        "or qcow2:/path/to/disk.qcow2",
     )
     p.add_argument("--output", help="the repository folder (created on first export)")
     p.add_argument(
@@ -186,6 +190,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Providers report what the user should know (a leftover snapshot removed) as warnings.
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: warning: %(message)s")
     try:
         return run(to_options(args))
     except (Exception, KeyboardInterrupt) as err:

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypersdk.errors import IntegrityError, RepositoryError, UsageError
+from hypersdk.errors import ExportCancelled, IntegrityError, RepositoryError, UsageError
 from hypersdk.repository.index import DiskIndex
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
@@ -71,7 +72,10 @@ def restore_disk(
     force: bool = False,
     parallel: int = 4,
     progress: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> RestoreResult:
+    """``cancel`` is checked between blocks; when set, ExportCancelled is raised and
+    the partial output removed."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}: choose raw, qcow2 or vmdk")
     dest = Path(target)
@@ -86,12 +90,16 @@ def restore_disk(
     where = f"{manifest.vm_id}/{manifest.id}/{disk_key}"
 
     if is_device:
-        written = _write_raw(repo, index, dest, where, parallel, progress, sparse=False)
+        written = _write_raw(
+            repo, index, dest, where, parallel, progress, sparse=False, cancel=cancel
+        )
     else:
         partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
         raw = partial if fmt == "raw" else partial.with_suffix(".raw")
         try:
-            written = _write_raw(repo, index, raw, where, parallel, progress, sparse=True)
+            written = _write_raw(
+                repo, index, raw, where, parallel, progress, sparse=True, cancel=cancel
+            )
             if fmt != "raw":
                 _convert(raw, partial, fmt)
             os.replace(partial, dest)
@@ -122,6 +130,7 @@ def _write_raw(
     progress: Callable[[int], None] | None,
     *,
     sparse: bool,
+    cancel: threading.Event | None = None,
 ) -> int:
     flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if sparse else 0)
     try:
@@ -151,6 +160,8 @@ def _write_raw(
         with ThreadPoolExecutor(parallel, thread_name_prefix="restore") as pool:
             try:
                 for block in range(index.blocks):
+                    if cancel is not None and cancel.is_set():
+                        raise ExportCancelled("restore cancelled; the partial output was removed")
                     cid = index.get(block)
                     if cid is None and sparse:
                         if progress is not None:

@@ -7,12 +7,13 @@ VM, generation, disk and the byte ranges it fills.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from hypersdk.errors import HyperSDKError
+from hypersdk.errors import ExportCancelled, HyperSDKError
 from hypersdk.repository.index import DiskIndex
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
@@ -59,7 +60,9 @@ def verify(
     *,
     parallel: int = 4,
     progress: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> VerifyReport:
+    """``cancel`` is checked between chunks; when set, ExportCancelled is raised."""
     report = VerifyReport(generations=len(manifests))
     indexes: list[tuple[Manifest, str, DiskIndex]] = []
     for m in manifests:
@@ -95,6 +98,10 @@ def verify(
 
     with ThreadPoolExecutor(parallel, thread_name_prefix="verify") as pool:
         for cid in sorted(unique):
+            if cancel is not None and cancel.is_set():
+                for fut in pending:
+                    fut.cancel()
+                raise ExportCancelled("verification cancelled")
             pending.append(pool.submit(check, cid))
             if len(pending) >= parallel * 4:
                 collect(pending.popleft())

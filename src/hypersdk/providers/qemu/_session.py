@@ -29,7 +29,6 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import time
@@ -47,7 +46,7 @@ from hypersdk.errors import (
     ProviderError,
 )
 from hypersdk.nbd import NbdClient
-from hypersdk.providers.qemu import _checkpoints, _extents, _tools
+from hypersdk.providers.qemu import _checkpoints, _extents, _stale, _tools
 from hypersdk.providers.qemu._discovery import QemuDisk
 from hypersdk.providers.qemu._qmp import QmpCommandError, QmpConnection
 
@@ -137,7 +136,7 @@ class _SessionBase:
         return self._disks
 
     def _make_tmpdir(self) -> None:
-        self.tmpdir = tempfile.mkdtemp(prefix="hypersdk-qemu-")
+        self.tmpdir = tempfile.mkdtemp(prefix=_stale.tmp_prefix())
         self._cleanup.push("remove temp folder", lambda: shutil.rmtree(self.tmpdir))
 
     def _add_client(self, client: NbdClient) -> None:
@@ -210,7 +209,8 @@ class QmpBackupSession(_SessionBase):
         self._since = dict(since or {})
         self._nbd_socket = nbd_socket
         self.checkpoint = _checkpoints.new_name()
-        self.session_id = secrets.token_hex(4)
+        self.session_id = _stale.session_id()
+        self._stale_server = False
 
     def start(self) -> QmpBackupSession:
         self._begin(self._start)
@@ -218,6 +218,9 @@ class QmpBackupSession(_SessionBase):
 
     def _start(self) -> None:
         plans = self._plan()
+        stale_server = _stale.stale_nbd_server()  # before sweep() removes its folder
+        _stale.sweep(self._qmp)
+        self._stale_server = stale_server
         self._make_tmpdir()
         for plan in plans:
             self._add_fleece(plan)
@@ -349,6 +352,12 @@ class QmpBackupSession(_SessionBase):
                 "nbd-server-start", {"addr": {"type": "unix", "data": {"path": path}}}
             )
         except QmpCommandError as err:
+            if "already running" in err.desc and self._stale_server:
+                # The server a crashed session of ours started: replace it.
+                log.warning("stopping the NBD server a crashed backup left running")
+                self._qmp.execute("nbd-server-stop")
+                self._stale_server = False
+                return self._nbd_server()
             if "already running" in err.desc:
                 raise ConflictError(
                     "this QEMU already runs an NBD server; give its unix socket in the "
@@ -421,7 +430,7 @@ class Qcow2BackupSession(_SessionBase):
 
 def dirty_bytes_offline(disk: QemuDisk, bitmap: str) -> int:
     """Exact dirty byte count of an offline image's bitmap (qemu-img does not count)."""
-    tmpdir = tempfile.mkdtemp(prefix="hypersdk-qemu-")
+    tmpdir = tempfile.mkdtemp(prefix=_stale.tmp_prefix())
     server = _tools.QemuNbd(disk.file, os.path.join(tmpdir, "nbd.sock"), "disk", bitmap)
     try:
         server.start()

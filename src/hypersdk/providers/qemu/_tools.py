@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +100,10 @@ class QemuNbd:
         if self.bitmap:
             argv.append(f"--bitmap={self.bitmap}")
         argv.append(self.image)
+        if shutil.which("setpriv"):
+            # qemu-nbd must not outlive us: a server left by a crashed run would keep the
+            # image locked. util-linux's setpriv sets the parent-death signal before exec.
+            argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
         try:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

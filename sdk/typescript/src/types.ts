@@ -1,0 +1,328 @@
+/**
+ * Wire types of the hypervisord REST API (docs/api.md).
+ *
+ * Every field keeps the exact snake_case name the daemon sends, so `status.cbt_enabled`
+ * and `analysis.estimated_savings_bytes` read as in the spec's examples. Objects the
+ * daemon may grow carry an index signature so newer fields stay reachable.
+ */
+
+// ---------------------------------------------------------------------------- CBT
+
+/** `POST /cbt/enable` and `POST /cbt/disable`. */
+export interface CBTToggleResponse {
+  success: boolean;
+  /** `CBT enabled successfully for <vm_path>` (or `disabled`). */
+  message: string;
+}
+
+/** One disk of a VM as the platform reports it now. */
+export interface DiskInfo {
+  /** `disk-2000` on vSphere, the block node name on QEMU. */
+  key: string;
+  path: string;
+  capacity_bytes: number;
+  /** The disk's current change id; null when the platform has none. */
+  change_id: string | null;
+  backing_info: string;
+  /** Present (false) only for a disk that cannot be tracked. */
+  cbt_supported?: boolean;
+  /** Why the disk cannot be tracked, with `cbt_supported: false`. */
+  cbt_reason?: string | null;
+  [field: string]: unknown;
+}
+
+/** One disk as recorded by the last export. */
+export interface LastExportDisk {
+  key: string;
+  capacity_bytes: number;
+  change_id: string | null;
+  [field: string]: unknown;
+}
+
+/** The newest export of a VM in the history (`last_export`). */
+export interface LastExport {
+  vm_id: string;
+  /** ISO 8601, UTC. */
+  export_time: string;
+  total_size: number;
+  /** In `/cbt/status` (not in `/incremental/analyze`). */
+  disk_info?: LastExportDisk[];
+  generation?: string;
+  export_path?: string;
+  [field: string]: unknown;
+}
+
+/** `POST /cbt/status`. */
+export interface CBTStatus {
+  vm_path: string;
+  cbt_enabled: boolean;
+  disks: DiskInfo[];
+  /** null when the VM was never exported. */
+  last_export: LastExport | null;
+  can_incremental: boolean;
+  reason: string;
+  [field: string]: unknown;
+}
+
+/** `POST /incremental/analyze`. */
+export interface IncrementalAnalysis {
+  vm_path: string;
+  can_incremental: boolean;
+  reason: string;
+  last_export: LastExport | null;
+  current_disks: DiskInfo[];
+  /** What an incremental export would read now; null when unknown. */
+  estimated_changed_bytes: number | null;
+  estimated_savings_bytes: number;
+  /** Human text (`2 minutes`), from the measured throughput of earlier exports. */
+  estimated_duration: string;
+  [field: string]: unknown;
+}
+
+// --------------------------------------------------------------------------- Jobs
+
+export type JobKind = 'export' | 'restore' | 'verify';
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+/** States a job never leaves. */
+export const TERMINAL_JOB_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];
+export type ExportMode = 'full' | 'incremental';
+export type Compression = 'zstd' | 'lz4' | 'none';
+export type RestoreFormat = 'raw' | 'qcow2' | 'vmdk';
+
+/** `{"code", "message"}`: the error of a failed job, and of every error response. */
+export interface ErrorInfo {
+  code: string;
+  message: string;
+}
+
+/** One disk of an export's result. */
+export interface ExportResultDisk {
+  key: string;
+  capacity_bytes: number;
+  change_id: string | null;
+  bytes_read: number;
+  bytes_stored: number;
+  [field: string]: unknown;
+}
+
+/** `result` of a succeeded export: the `hyperexport --json` object. */
+export interface ExportResult {
+  vm: string;
+  vm_name?: string;
+  generation: string;
+  mode: ExportMode;
+  reason: string;
+  bytes_read: number;
+  bytes_stored: number;
+  duration_s: number;
+  throughput_mib_s?: number;
+  output?: string;
+  disks: ExportResultDisk[];
+  [field: string]: unknown;
+}
+
+/** `result` of a succeeded restore. */
+export interface RestoreResult {
+  vm_id: string;
+  generation: string;
+  disk: string;
+  path: string;
+  format: RestoreFormat;
+  capacity_bytes: number;
+  bytes_written: number;
+  zero_blocks: number;
+  [field: string]: unknown;
+}
+
+/** One problem a verification found. */
+export interface Damage {
+  vm: string;
+  generation: string;
+  disk: string;
+  problem: string;
+  /** Hex chunk id; empty when the index itself is damaged. */
+  chunk?: string;
+  /** `[start, end)` byte offsets. */
+  ranges?: Array<[number, number]>;
+  [field: string]: unknown;
+}
+
+/** `result` of a succeeded verification (`ok` is false when damage was found). */
+export interface VerifyResult {
+  ok: boolean;
+  generations: number;
+  disks: number;
+  chunks_checked: number;
+  bytes_checked: number;
+  damage: Damage[];
+  [field: string]: unknown;
+}
+
+export type JobResult = ExportResult | RestoreResult | VerifyResult;
+
+/** An export, restore or verification run by the daemon. */
+export interface Job<R = JobResult> {
+  /** `j-6f1c2a9e0b7d` */
+  id: string;
+  kind: JobKind;
+  vm_path: string | null;
+  output: string | null;
+  state: JobState;
+  /** Free text: `queued`, `deciding`, `copying`, `committing`, `done`, ... */
+  phase: string;
+  bytes_done: number;
+  bytes_total: number | null;
+  throughput_bytes_per_s: number | null;
+  /** The export decision; null until decided, and for other kinds. */
+  mode: ExportMode | null;
+  reason: string | null;
+  created: string;
+  started: string | null;
+  finished: string | null;
+  /** Set on success. */
+  result: R | null;
+  /** Set on failure (`daemon restarted` for a job that was running at a restart). */
+  error: ErrorInfo | null;
+  [field: string]: unknown;
+}
+
+export type ExportJob = Job<ExportResult>;
+export type RestoreJob = Job<RestoreResult>;
+export type VerifyJob = Job<VerifyResult>;
+
+/** `GET /exports` */
+export interface JobList {
+  jobs: Job[];
+}
+
+/** One event of `GET /exports/{id}/events`: `job` whenever the job changes, then `end`. */
+export interface JobEvent<R = JobResult> {
+  type: 'job' | 'end';
+  job: Job<R>;
+}
+
+// -------------------------------------------------------------------- Repositories
+
+export interface GenerationDisk {
+  key: string;
+  capacity_bytes: number;
+  change_id: string | null;
+  [field: string]: unknown;
+}
+
+/** One generation as `hyperctl generations --json` prints it. */
+export interface Generation {
+  id: string;
+  vm: string;
+  vm_name?: string;
+  platform?: string;
+  type: ExportMode;
+  reason?: string;
+  /** The generation this one builds on; null for a full one. */
+  parent: string | null;
+  created: string;
+  completed?: string | null;
+  block_size?: number;
+  total_size?: number;
+  bytes_read?: number;
+  bytes_stored?: number;
+  disks: GenerationDisk[];
+  [field: string]: unknown;
+}
+
+/** `GET /generations` */
+export interface GenerationList {
+  generations: Generation[];
+}
+
+// ------------------------------------------------------------------------- Service
+
+/** `GET /health` */
+export interface HealthResponse {
+  status: string;
+  version: string;
+  [field: string]: unknown;
+}
+
+/** The error body of every non-2xx response. */
+export interface ErrorResponse {
+  error: ErrorInfo;
+}
+
+// ----------------------------------------------------------------- Request options
+
+/** `exportVM` options (sent as the snake_case fields of `POST /exports`). */
+export interface ExportOptions {
+  /** Repository folder; the daemon's default repository when left out. */
+  output?: string;
+  /** Export only what changed since the last export when possible. */
+  incremental?: boolean;
+  /** Full export even when an incremental one is possible. */
+  forceFull?: boolean;
+  compression?: Compression;
+  compressionLevel?: number;
+  blockSize?: number;
+  parallel?: number;
+  maxIncrementalAgeDays?: number;
+}
+
+/** `listExports` filters (query parameters of `GET /exports`). */
+export interface ListExportsFilters {
+  state?: JobState;
+  kind?: JobKind;
+  vmPath?: string;
+  limit?: number;
+}
+
+/** `restore` options (`POST /restores`). */
+export interface RestoreOptions {
+  /** VM id in the repository. */
+  vm: string;
+  /** File to write. */
+  to: string;
+  output?: string;
+  /** Generation id or `latest` (the default). */
+  generation?: string;
+  /** Disk key; may be left out when the VM has one disk. */
+  disk?: string;
+  format?: RestoreFormat;
+  /** Overwrite an existing file. */
+  force?: boolean;
+}
+
+/** `verify` options (`POST /verifications`). */
+export interface VerifyOptions {
+  output?: string;
+  vm?: string;
+  generation?: string;
+}
+
+/** `waitForExport` options. */
+export interface WaitOptions<R = JobResult> {
+  /** Give up (TimeoutError) after this long; no limit by default. */
+  timeoutMs?: number;
+  /** Time between two polls; 1000 ms by default. */
+  pollIntervalMs?: number;
+  /** Called with the job after every poll, the final one included. */
+  onProgress?: (job: Job<R>) => void;
+  /** Stop waiting (the job keeps running). */
+  signal?: AbortSignal;
+}
+
+/** `streamExportEvents` options. */
+export interface StreamOptions {
+  /** Close the stream. */
+  signal?: AbortSignal;
+}
+
+/** Options of the `HyperSDK` constructor. */
+export interface HyperSDKOptions {
+  /** Sent as `Authorization: Bearer <token>`. */
+  token?: string;
+  /** Per-request time limit (until the response is read); 30 000 ms by default. */
+  timeoutMs?: number;
+  /** A `fetch` to use instead of the global one. */
+  fetch?: typeof fetch;
+  /** Extra headers sent with every request. */
+  headers?: Record<string, string>;
+}

@@ -1,0 +1,202 @@
+"""AsyncHyperSDK: the asyncio client (same methods as HyperSDK, as coroutines)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from hypersdk.client import _calls as c
+from hypersdk.client._calls import ProgressCallback
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+class AsyncHyperSDK:
+    """Async client of hypervisord; see HyperSDK.
+
+    async with AsyncHyperSDK("http://localhost:8080") as client:
+        job = await client.export_vm("/Datacenter/vm/my-vm", incremental=True)
+        job = await client.wait_for_export(job["id"])
+    """
+
+    def __init__(
+        self,
+        base_url: str = c.DEFAULT_BASE_URL,
+        token: str | None = None,
+        timeout: float = c.DEFAULT_TIMEOUT,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=c.headers(token), timeout=timeout, transport=transport
+        )
+
+    async def _send(self, call: c.Call) -> Any:
+        try:
+            response = await self._http.send(c.build(self._http, call))
+        except httpx.HTTPError as exc:
+            raise c.transport_error(call, exc) from exc
+        return c.read(call, response)
+
+    # -- CBT (the spec) -----------------------------------------------------------------
+
+    async def enable_cbt(self, vm_path: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.enable_cbt(vm_path))
+        return result
+
+    async def disable_cbt(self, vm_path: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.disable_cbt(vm_path))
+        return result
+
+    async def get_cbt_status(self, vm_path: str, output: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.cbt_status(vm_path, output))
+        return result
+
+    async def analyze_incremental_export(
+        self, vm_path: str, output: str | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.analyze(vm_path, output))
+        return result
+
+    # -- export jobs ----------------------------------------------------------------------
+
+    async def export_vm(
+        self,
+        vm_path: str,
+        output: str | None = None,
+        incremental: bool = False,
+        force_full: bool = False,
+        compression: str | None = None,
+        parallel: int | None = None,
+        *,
+        compression_level: int | None = None,
+        block_size: int | None = None,
+        max_incremental_age_days: float | None = None,
+    ) -> dict[str, Any]:
+        """Start an export; returns the job (state ``queued`` or ``running``)."""
+        result: dict[str, Any] = await self._send(
+            c.export_vm(
+                vm_path,
+                output=output,
+                incremental=incremental,
+                force_full=force_full,
+                compression=compression,
+                parallel=parallel,
+                compression_level=compression_level,
+                block_size=block_size,
+                max_incremental_age_days=max_incremental_age_days,
+            )
+        )
+        return result
+
+    async def get_export(self, job_id: str) -> dict[str, Any]:
+        """Any job by id (exports, restores and verifications share the id space)."""
+        result: dict[str, Any] = await self._send(c.get_job(job_id))
+        return result
+
+    async def list_exports(
+        self,
+        state: str | None = None,
+        kind: str | None = None,
+        vm_path: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._send(
+            c.list_jobs(state=state, kind=kind, vm_path=vm_path, limit=limit)
+        )
+        return result
+
+    async def cancel_export(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.cancel_job(job_id))
+        return result
+
+    async def wait_for_export(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job finishes; returns the final job (check ``state``).
+        ``progress`` (a function or a coroutine function) gets the job dict on each
+        change. JobTimeout after ``timeout``."""
+        watch = c.Watch(job_id, timeout, poll_interval, progress)
+        while True:
+            job = await self.get_export(job_id)
+            if watch.changed(job) and watch.progress is not None:
+                await _maybe_await(watch.progress(job))
+            if watch.finished(job):
+                return job
+            await asyncio.sleep(watch.pause(job))
+
+    # -- repositories ---------------------------------------------------------------------
+
+    async def list_generations(
+        self, output: str | None = None, vm: str | None = None
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._send(c.list_generations(output, vm))
+        return result
+
+    async def restore(
+        self,
+        vm: str,
+        to: str,
+        generation: str = "latest",
+        disk: str | None = None,
+        output: str | None = None,
+        format: str = "raw",
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Start restoring one disk of a generation to ``to`` (a path on the daemon's host)."""
+        result: dict[str, Any] = await self._send(
+            c.restore(
+                vm=vm,
+                to=to,
+                generation=generation,
+                disk=disk,
+                output=output,
+                format=format,
+                force=force,
+            )
+        )
+        return result
+
+    async def verify(
+        self, output: str | None = None, vm: str | None = None, generation: str | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(
+            c.verify(output=output, vm=vm, generation=generation)
+        )
+        return result
+
+    # -- service --------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.health())
+        return result
+
+    async def metrics(self) -> str:
+        result: str = await self._send(c.metrics())
+        return result
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

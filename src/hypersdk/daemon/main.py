@@ -1,0 +1,82 @@
+"""hypervisord: serve the HyperSDK REST API (docs/api.md) with uvicorn.
+
+    hypervisord [--listen ADDR] [--port N] [--config FILE] [--output REPO]
+                [--state-dir DIR] [--max-concurrent-exports N]
+
+The API token comes from HYPERSDK_API_TOKEN or the config file (never a flag: flags
+show in ps). Without a token the daemon only listens on a loopback address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from hypersdk import __version__
+from hypersdk.errors import HyperSDKError
+
+PROG = "hypervisord"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--listen", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--output", help="default repository folder")
+    p.add_argument("--state-dir", help="state folder (default ~/.hypersdk)")
+    p.add_argument("--max-concurrent-exports", type=int, help="jobs run at once (default 2)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hypersdk.daemon.config import load_config
+
+    try:
+        config = load_config(
+            listen=args.listen,
+            port=args.port,
+            state_dir=args.state_dir,
+            output=args.output,
+            max_concurrent_exports=args.max_concurrent_exports,
+            config_file=args.config,
+        )
+    except HyperSDKError as err:
+        sys.stderr.write(f"{PROG}: error: {err}\n")
+        return 2
+
+    import uvicorn
+
+    from hypersdk.daemon.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        app = create_app(config)
+    except HyperSDKError as err:
+        sys.stderr.write(f"{PROG}: error: {err}\n")
+        return 1
+    uvicorn.run(
+        app,
+        host=config.listen,
+        port=config.port,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

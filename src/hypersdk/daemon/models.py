@@ -1,0 +1,224 @@
+"""Request and response models of every route (docs/api.md is the contract).
+
+Requests ignore unknown fields. Responses are described completely so that
+``/openapi.json`` is a faithful schema; free-form parts (an export's ``result``) are
+objects with any keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobKind = Literal["export", "restore", "verify"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+NO_NUL = r"^[^\x00]+$"
+ABSOLUTE = r"^/[^\x00]*$"
+
+
+def _vm_path() -> Any:
+    return Field(
+        min_length=1,
+        max_length=4096,
+        pattern=NO_NUL,
+        description="a vSphere inventory path, qemu:/path/qmp.sock[?nbd=...] or qcow2:/path",
+    )
+
+
+def _output() -> Any:
+    return Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        pattern=ABSOLUTE,
+        description="repository folder (absolute path); default: the daemon's",
+    )
+
+
+def _name(default: Any = ..., description: str | None = None) -> Any:
+    return Field(
+        default=default, min_length=1, max_length=1024, pattern=NO_NUL, description=description
+    )
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- CBT -----------------------------------------------------------------------------
+
+
+class VmRequest(_Request):
+    vm_path: str = _vm_path()
+
+
+class VmOutputRequest(_Request):
+    vm_path: str = _vm_path()
+    output: str | None = _output()
+
+
+class CbtChangeResponse(BaseModel):
+    success: bool
+    message: str
+
+
+class Disk(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    key: str
+    path: str
+    capacity_bytes: int
+    change_id: str
+    backing_info: str
+    cbt_supported: bool | None = None
+    cbt_reason: str | None = None
+
+
+class LastExportDisk(BaseModel):
+    key: str
+    capacity_bytes: int
+    change_id: str
+
+
+class LastExport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    vm_id: str
+    export_time: str
+    total_size: int
+    disk_info: list[LastExportDisk] | None = None
+    generation: str | None = None
+    export_path: str | None = None
+
+
+class CbtStatusResponse(BaseModel):
+    vm_path: str
+    cbt_enabled: bool
+    disks: list[Disk]
+    last_export: LastExport | None
+    can_incremental: bool
+    reason: str
+
+
+class AnalyzeResponse(BaseModel):
+    vm_path: str
+    can_incremental: bool
+    reason: str
+    last_export: LastExport | None
+    current_disks: list[Disk]
+    estimated_changed_bytes: int | None
+    estimated_savings_bytes: int
+    estimated_duration: str
+
+
+# -- jobs ----------------------------------------------------------------------------
+
+
+class ExportCreate(_Request):
+    vm_path: str = _vm_path()
+    output: str | None = _output()
+    incremental: bool = False
+    force_full: bool = False
+    compression: Literal["zstd", "lz4", "none"] | None = None
+    compression_level: int | None = Field(default=None, ge=1, le=22)
+    block_size: int | None = Field(
+        default=None, ge=65536, le=16 * 1024 * 1024, description="a power of two"
+    )
+    parallel: int = Field(default=4, ge=1, le=64)
+    max_incremental_age_days: float = Field(default=7.0, gt=0, le=36500)
+
+
+class RestoreCreate(_Request):
+    output: str | None = _output()
+    vm: str = _name(description="VM id (as in the generations list)")
+    generation: str = _name("latest", "generation id or 'latest'")
+    disk: str | None = _name(None, "disk key (may be left out when the VM has one disk)")
+    to: str = Field(
+        min_length=1, max_length=4096, pattern=ABSOLUTE, description="absolute path to write"
+    )
+    format: Literal["raw", "qcow2", "vmdk"] = "raw"
+    force: bool = False
+
+
+class VerifyCreate(_Request):
+    output: str | None = _output()
+    vm: str | None = _name(None, "only this VM")
+    generation: str | None = _name(None, "generation id or 'latest' (needs vm)")
+
+
+class Job(BaseModel):
+    id: str
+    kind: JobKind
+    vm_path: str | None
+    output: str | None
+    state: JobState
+    phase: str
+    bytes_done: int
+    bytes_total: int | None
+    throughput_bytes_per_s: float | None
+    mode: str | None
+    reason: str | None
+    created: str
+    started: str | None
+    finished: str | None
+    result: dict[str, Any] | None
+    error: ErrorBody | None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+# -- repositories --------------------------------------------------------------------
+
+
+class GenerationDisk(BaseModel):
+    key: str
+    capacity_bytes: int
+    change_id: str
+
+
+class Generation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    vm: str
+    vm_name: str
+    platform: str
+    type: str
+    reason: str
+    parent: str | None
+    created: str
+    completed: str | None
+    block_size: int
+    total_size: int
+    bytes_read: int
+    bytes_stored: int
+    disks: list[GenerationDisk]
+
+
+class GenerationList(BaseModel):
+    generations: list[Generation]
+
+
+# -- service -------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str

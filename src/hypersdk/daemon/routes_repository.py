@@ -1,0 +1,56 @@
+"""Repositories: list generations, restore a disk (job), verify (job)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from hypersdk.cli.commands.generations import generation_json
+from hypersdk.daemon.models import (
+    GenerationList,
+    Job,
+    RestoreCreate,
+    VerifyCreate,
+)
+from hypersdk.daemon.responses import ERRORS
+from hypersdk.daemon.runner import prepare_restore, prepare_verify
+from hypersdk.daemon.state import Daemon, daemon
+from hypersdk.repository.repository import Repository
+
+router = APIRouter(tags=["repository"], responses=ERRORS)
+Dep = Annotated[Daemon, Depends(daemon)]
+
+
+@router.get("/generations", response_model=GenerationList)
+def list_generations(
+    d: Dep,
+    output: Annotated[
+        str | None, Query(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")
+    ] = None,
+    vm: Annotated[str | None, Query(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")] = None,
+) -> dict[str, Any]:
+    repo = Repository.open(d.output(output))
+    vms = [vm] if vm else repo.vm_ids()
+    gens = sorted((m for v in vms for m in repo.generations(v)), key=lambda m: (m.created, m.id))
+    return {"generations": [generation_json(m) for m in gens]}
+
+
+@router.post("/restores", response_model=Job, status_code=202)
+def create_restore(body: RestoreCreate, d: Dep) -> dict[str, Any]:
+    spec = prepare_restore(
+        d.output(body.output),
+        body.vm,
+        body.generation,
+        body.disk,
+        body.to,
+        body.format,
+        body.force,
+    )
+    return d.runner.submit_restore(spec)
+
+
+@router.post("/verifications", response_model=Job, status_code=202)
+def create_verification(body: VerifyCreate, d: Dep) -> dict[str, Any]:
+    spec = prepare_verify(d.output(body.output), body.vm, body.generation)
+    return d.runner.submit_verify(spec)

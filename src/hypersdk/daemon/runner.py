@@ -1,0 +1,324 @@
+"""Worker threads that run jobs: exports, restores and verifications.
+
+At most ``max_concurrent_exports`` jobs run at once; the rest wait ``queued``. Only one
+export per ``vm_path`` may be queued or running (a second one is a ConflictError).
+Every job has a cancel Event that the engine checks between blocks; a cancelled export
+raises ExportCancelled inside the engine, which tears the backup session down and
+commits nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from hypersdk.daemon.config import DaemonConfig
+from hypersdk.daemon.jobs import FINISHED, JobStore, new_job, now_iso
+from hypersdk.engine.export import ExportRequest, run_export
+from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, UsageError
+from hypersdk.providers.factory import open_provider
+from hypersdk.repository.repository import Repository
+from hypersdk.repository.restore import pick_disk, restore_disk
+from hypersdk.repository.verify import select, verify
+from hypersdk.state.history import History
+
+log = logging.getLogger("hypervisord")
+
+PROGRESS_INTERVAL = 0.25  # seconds between stored progress updates
+CANCEL_WAIT = 30.0  # how long DELETE waits for a running job to stop
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    vm_path: str
+    output: str
+    incremental: bool = False
+    force_full: bool = False
+    compression: str | None = None
+    compression_level: int | None = None
+    block_size: int | None = None
+    parallel: int = 4
+    max_incremental_age_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class RestoreSpec:
+    output: str
+    vm: str
+    generation: str
+    disk: str
+    to: str
+    format: str
+    force: bool
+    capacity: int
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    output: str
+    vm: str | None
+    generation: str | None
+
+
+class JobContext:
+    """What a running job uses to report progress and to see a cancel request."""
+
+    def __init__(self, store: JobStore, job_id: str, cancel: threading.Event) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.cancel = cancel
+        self.done = 0
+        self.total: int | None = None
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def update(self, **fields: Any) -> None:
+        self.store.update(self.job_id, **fields)
+
+    def plan(self, mode: str | None, reason: str | None, total: int) -> None:
+        with self._lock:
+            self.total, self.done, self._started = total, 0, time.monotonic()
+        fields: dict[str, Any] = {"phase": "copying", "bytes_total": total, "bytes_done": 0}
+        if mode is not None:
+            fields.update(mode=mode, reason=reason)
+        self.update(**fields)
+
+    def advance(self, n: int) -> None:
+        """Progress callback: called from the engine's threads, stored ~4 times a second."""
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            complete = self.total is not None and self.done >= self.total
+            if now - self._last < PROGRESS_INTERVAL and not complete:
+                return
+            self._last = now
+            done, elapsed = self.done, now - self._started
+        fields: dict[str, Any] = {
+            "bytes_done": done,
+            "throughput_bytes_per_s": round(done / elapsed, 1) if elapsed > 0 else None,
+        }
+        if complete:
+            fields["phase"] = "committing"
+        self.update(**fields)
+
+
+class Runner:
+    def __init__(self, config: DaemonConfig, store: JobStore) -> None:
+        self.config = config
+        self.store = store
+        self._pool = ThreadPoolExecutor(config.max_concurrent_exports, thread_name_prefix="job")
+        self._lock = threading.Lock()
+        self._cancel: dict[str, threading.Event] = {}
+        self._done: dict[str, threading.Event] = {}
+        self._exporting: dict[str, str] = {}  # vm_path -> job id
+        self._stopping = False
+
+    # -- submitting ------------------------------------------------------------------
+
+    def submit_export(self, spec: ExportSpec) -> dict[str, Any]:
+        with self._lock:
+            other = self._exporting.get(spec.vm_path)
+            if other is not None:
+                raise ConflictError(f"an export of {spec.vm_path} is already running ({other})")
+            job = self.store.add(new_job("export", spec.vm_path, spec.output))
+            self._exporting[spec.vm_path] = job["id"]
+            self._start(job["id"], lambda ctx: self._run_export(ctx, spec))
+        return job
+
+    def submit_restore(self, spec: RestoreSpec) -> dict[str, Any]:
+        with self._lock:
+            job = self.store.add(new_job("restore", spec.vm, spec.output))
+            self._start(job["id"], lambda ctx: self._run_restore(ctx, spec))
+        return job
+
+    def submit_verify(self, spec: VerifySpec) -> dict[str, Any]:
+        with self._lock:
+            job = self.store.add(new_job("verify", spec.vm, spec.output))
+            self._start(job["id"], lambda ctx: self._run_verify(ctx, spec))
+        return job
+
+    def _start(self, job_id: str, work: Callable[[JobContext], dict[str, Any]]) -> None:
+        self._cancel[job_id] = threading.Event()
+        self._done[job_id] = threading.Event()
+        self._pool.submit(self._run, job_id, work)
+
+    # -- cancelling ------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self.store.get(job_id)
+            if job["state"] in FINISHED:
+                raise ConflictError(f"job {job_id} already finished ({job['state']})")
+            cancel, done = self._cancel.get(job_id), self._done.get(job_id)
+            if cancel is None or done is None:  # pragma: no cover - recovered at start
+                raise ConflictError(f"job {job_id} is not run by this daemon")
+            cancel.set()
+            if job["state"] == "queued":
+                return self._finish_cancelled(job_id, "cancelled before it started")
+            self.store.update(job_id, phase="cancelling")
+        done.wait(CANCEL_WAIT)
+        return self.store.get(job_id)
+
+    def shutdown(self) -> None:
+        """Stop every job and wait for the workers: sessions are torn down cleanly, and
+        the jobs end ``failed`` with ``daemon restarted``, as after a crash."""
+        with self._lock:
+            self._stopping = True
+            for event in self._cancel.values():
+                event.set()
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    # -- running ---------------------------------------------------------------------
+
+    def _finish_cancelled(self, job_id: str, why: str) -> dict[str, Any]:
+        if self._stopping:
+            return self.store.update(
+                job_id,
+                state="failed",
+                phase="failed",
+                finished=now_iso(),
+                error={"code": "daemon_restarted", "message": "daemon restarted"},
+            )
+        log.info("job %s cancelled: %s", job_id, why)
+        return self.store.update(job_id, state="cancelled", phase="cancelled", finished=now_iso())
+
+    def _run(self, job_id: str, work: Callable[[JobContext], dict[str, Any]]) -> None:
+        cancel, done = self._cancel[job_id], self._done[job_id]
+        try:
+            with self._lock:
+                if cancel.is_set():
+                    if self._stopping and self.store.get(job_id)["state"] == "queued":
+                        self._finish_cancelled(job_id, "daemon stopping")
+                    return  # else cancelled while queued; already recorded
+                self.store.update(job_id, state="running", phase="starting", started=now_iso())
+            ctx = JobContext(self.store, job_id, cancel)
+            try:
+                result = work(ctx)
+            except ExportCancelled as exc:
+                self._finish_cancelled(job_id, str(exc))
+            except HyperSDKError as exc:
+                log.info("job %s failed: %s", job_id, exc)
+                self.store.update(
+                    job_id,
+                    state="failed",
+                    phase="failed",
+                    finished=now_iso(),
+                    error={"code": exc.code, "message": str(exc)},
+                )
+            except Exception:
+                log.exception("job %s failed unexpectedly", job_id)
+                self.store.update(
+                    job_id,
+                    state="failed",
+                    phase="failed",
+                    finished=now_iso(),
+                    error={"code": "internal_error", "message": "internal error (see daemon log)"},
+                )
+            else:
+                self.store.update(
+                    job_id, state="succeeded", phase="done", finished=now_iso(), result=result
+                )
+        finally:
+            with self._lock:
+                for vm, running in list(self._exporting.items()):
+                    if running == job_id:
+                        del self._exporting[vm]
+                self._cancel.pop(job_id, None)
+                self._done.pop(job_id, None)
+            done.set()
+
+    def _run_export(self, ctx: JobContext, spec: ExportSpec) -> dict[str, Any]:
+        ctx.update(phase="connecting")
+        provider = open_provider(spec.vm_path, self.config.vsphere)
+        try:
+            if ctx.cancel.is_set():
+                raise ExportCancelled("export cancelled; nothing was committed")
+            ctx.update(phase="deciding")
+            request = ExportRequest(
+                output=spec.output,
+                incremental=spec.incremental,
+                force_full=spec.force_full,
+                parallel=spec.parallel,
+                max_age=timedelta(days=spec.max_incremental_age_days),
+                on_plan=ctx.plan,
+                progress=ctx.advance,
+                cancel=ctx.cancel,
+            )
+            if spec.compression is not None:
+                request.compression = spec.compression
+            if spec.compression_level is not None:
+                request.compression_level = spec.compression_level
+            if spec.block_size is not None:
+                request.block_size = spec.block_size
+            report = run_export(provider, request, History(Path(self.config.state_dir)))
+        finally:
+            provider.close()
+        ctx.update(bytes_done=report.bytes_read)
+        return report.to_json()
+
+    def _run_restore(self, ctx: JobContext, spec: RestoreSpec) -> dict[str, Any]:
+        repo = Repository.open(spec.output)
+        manifest = repo.generation(spec.vm, spec.generation)
+        ctx.plan(None, None, spec.capacity)
+        ctx.update(phase="restoring")
+        result = restore_disk(
+            repo,
+            manifest,
+            spec.disk,
+            spec.to,
+            fmt=spec.format,
+            force=spec.force,
+            progress=ctx.advance,
+            cancel=ctx.cancel,
+        )
+        return asdict(result)
+
+    def _run_verify(self, ctx: JobContext, spec: VerifySpec) -> dict[str, Any]:
+        repo = Repository.open(spec.output)
+        manifests = select(repo, spec.vm, spec.generation)
+        ctx.update(phase="checking")
+        report = verify(repo, manifests, cancel=ctx.cancel)
+        ctx.update(bytes_done=report.bytes_checked)
+        return {"ok": report.ok, **asdict(report)}
+
+
+# -- checks done before a job is accepted (so that mistakes answer 404/422 at once) --
+
+
+def prepare_restore(
+    output: str,
+    vm: str,
+    generation: str,
+    disk: str | None,
+    to: str,
+    fmt: str,
+    force: bool,
+) -> RestoreSpec:
+    target = Path(to)
+    if not target.is_absolute():
+        raise UsageError(f"'to' must be an absolute path, not {to!r}")
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; set force to overwrite it")
+    if not target.parent.is_dir():
+        raise UsageError(f"folder {target.parent} does not exist")
+    repo = Repository.open(output)
+    manifest = repo.generation(vm, generation)
+    key = pick_disk(manifest, disk)
+    capacity = next(d.capacity_bytes for d in manifest.disks if d.key == key)
+    return RestoreSpec(output, vm, manifest.id, key, str(target), fmt, force, capacity)
+
+
+def prepare_verify(output: str, vm: str | None, generation: str | None) -> VerifySpec:
+    if generation is not None and vm is None:
+        raise UsageError("generation needs vm")
+    repo = Repository.open(output)
+    select(repo, vm, generation)
+    return VerifySpec(output, vm, generation)
