@@ -25,10 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.rigs.qsd import QemuStorageDaemon
 
-from hypersdk.engine.export import ExportRequest, run_export
 from hypersdk.providers.factory import open_provider
 from hypersdk.state.history import History
-from imagegen import MIB, block_data, make_image, timed
+from imagegen import MIB, block_data, exporter, make_image, timed
 
 
 def nbdcopy(uri: str, out: Path) -> None:
@@ -58,14 +57,7 @@ def main() -> None:
             t_copy, _ = timed(nbdcopy, qsd.nbd_uri, work / "copy.raw")
             (work / "copy.raw").unlink()
 
-            def export(incremental: bool):  # type: ignore[no-untyped-def]
-                req = ExportRequest(
-                    output=str(work / "repo"),
-                    incremental=incremental,
-                    compression=args.compress,
-                    parallel=args.parallel,
-                )
-                return run_export(provider, req, history)
+            export = exporter(provider, history, work / "repo", args.compress, args.parallel)
 
             t_full, full = timed(export, False)
             rng = random.Random(5)

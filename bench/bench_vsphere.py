@@ -28,12 +28,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hypersdk.engine.export import ExportRequest, run_export
 from hypersdk.lab import VcsimLab, VmSpec
 from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.factory import open_provider
 from hypersdk.state.history import History
-from imagegen import MIB, block_data, timed
+from imagegen import MIB, block_data, exporter, timed
 
 VM = "/DC0/vm/bench"
 
@@ -81,14 +80,7 @@ def main() -> None:
         t_ref, got = timed(download, url, f"{name}={value}", size, args.parallel)
         assert got == size
 
-        def export(incremental: bool):  # type: ignore[no-untyped-def]
-            req = ExportRequest(
-                output=str(work / "repo"),
-                incremental=incremental,
-                compression=args.compress,
-                parallel=args.parallel,
-            )
-            return run_export(provider, req, history)
+        export = exporter(provider, history, work / "repo", args.compress, args.parallel)
 
         t_full, full = timed(export, False)
         blocks = rng.sample(range(size // MIB), max(1, size // MIB // 20))

@@ -3,6 +3,7 @@ random and zero blocks), the CBT stand-in for raw images, and timing."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -10,10 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hypersdk.engine.export import ExportReport, ExportRequest, run_export
 from hypersdk.engine.source import Extent
+from hypersdk.providers.base import Provider
 from hypersdk.repository.envelope import chunk_id
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
+from hypersdk.state.history import History
 
 MIB = 1024 * 1024
 T = TypeVar("T")
@@ -74,3 +78,28 @@ def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
     t0 = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - t0, result
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def exporter(
+    provider: Provider, history: History, output: Path, compression: str, parallel: int
+) -> Callable[[bool], ExportReport]:
+    """``export(incremental)`` for one provider and repository, as the benchmarks time it."""
+
+    def export(incremental: bool) -> ExportReport:
+        request = ExportRequest(
+            output=str(output),
+            incremental=incremental,
+            compression=compression,
+            parallel=parallel,
+        )
+        return run_export(provider, request, history)
+
+    return export

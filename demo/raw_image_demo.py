@@ -8,7 +8,6 @@ is removed at the end (``--keep`` keeps it).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -27,17 +26,9 @@ from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
 from hypersdk.repository.verify import select, verify
-from imagegen import MIB, change_blocks, extents_since, make_image
+from imagegen import MIB, change_blocks, extents_since, make_image, sha256_file
 
 console = Console()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export(
@@ -65,7 +56,7 @@ def main() -> int:
         size = args.size_mib * MIB
         console.print(f"[bold]1.[/] generating a {args.size_mib} MiB disk image in {work}")
         make_image(img, size)
-        sums = [sha256(img)]
+        sums = [sha256_file(img)]
         repo = Repository.open_or_init(repo_dir)
 
         console.print("[bold]2.[/] full export")
@@ -73,7 +64,7 @@ def main() -> int:
 
         console.print("[bold]3.[/] changing 5% of the blocks")
         changed_blocks = change_blocks(img, 0.05, block=MIB)
-        sums.append(sha256(img))
+        sums.append(sha256_file(img))
         # The raw image has no CBT: the demo knows which blocks it changed. Real
         # providers report these extents from the hypervisor's changed block tracking.
         extents = extents_since(repo, full.manifest, "disk-0", img)
@@ -89,7 +80,7 @@ def main() -> int:
             t0 = time.monotonic()
             restore_disk(repo, gen.manifest, "disk-0", out)
             restore_times.append(time.monotonic() - t0)
-            got = sha256(out)
+            got = sha256_file(out)
             match = got == expected
             ok &= match
             console.print(

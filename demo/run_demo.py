@@ -11,7 +11,6 @@ folder that is removed at the end (`--keep` keeps it). The lab is stopped by its
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -29,18 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from hypersdk.cli.output import human_bytes
 from hypersdk.lab.vcsim import VcsimLab, VmSpec
-from imagegen import MIB, block_data
+from imagegen import MIB, block_data, sha256_file
 
 console = Console()
 VM = "/DC0/vm/demo-vm"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Demo:
@@ -99,7 +90,7 @@ def main() -> int:
         console.print("[bold]3.[/] full export")
         full = demo.export()
         flat = lab.vm(VM).disk().flat_path
-        sums = {full["generation"]: sha256(flat)}
+        sums = {full["generation"]: sha256_file(flat)}
 
         console.print("[bold]4.[/] changing about 5% of the blocks")
         changed = fill(lab, size, 0.05, seed=2)
@@ -111,7 +102,7 @@ def main() -> int:
 
         console.print("[bold]6.[/] incremental export")
         inc = demo.export("--incremental")
-        sums[inc["generation"]] = sha256(flat)
+        sums[inc["generation"]] = sha256_file(flat)
 
         console.print("[bold]7.[/] restoring both generations and comparing checksums")
         ok = True
@@ -119,7 +110,7 @@ def main() -> int:
             out = work / f"{gen['generation']}.raw"
             demo.run("hyperctl", "restore", "--output", str(demo.repo), "--vm", gen["vm"],
                      "--generation", gen["generation"], "--to", str(out), "--quiet")  # fmt: skip
-            got = sha256(out)
+            got = sha256_file(out)
             match = got == sums[gen["generation"]]
             ok &= match
             console.print(

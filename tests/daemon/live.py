@@ -35,6 +35,7 @@ class Hypervisord:
         token: str | None = None,
         output: Path | None = None,
         args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,7 @@ class Hypervisord:
         self.token = token
         self.output = output
         self.args = args
+        self.extra_env = env or {}
         self.port = free_port()
         self.log_path = self.workdir / "hypervisord.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -54,7 +56,7 @@ class Hypervisord:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERSDK_")}
         if self.token is not None:
             env["HYPERSDK_API_TOKEN"] = self.token
-        return env
+        return {**env, **self.extra_env}
 
     def argv(self) -> list[str]:
         argv = [

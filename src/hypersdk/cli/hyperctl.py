@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from hypersdk import __version__
-from hypersdk.cli.output import fail
+from hypersdk.cli.output import OneLineParser, fail
 
 # Each command lives in its own module with add_parser() and run().
 COMMANDS = (
@@ -21,15 +21,10 @@ COMMANDS = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hyperctl", description=__doc__)
+    parser = OneLineParser(prog="hyperctl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hyperctl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name in COMMANDS:
         try:
             module = importlib.import_module(name)

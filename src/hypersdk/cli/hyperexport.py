@@ -19,7 +19,7 @@ from types import FrameType
 
 from hypersdk import __version__
 from hypersdk.cli.info import print_analysis
-from hypersdk.cli.output import ByteProgress, fail, human_bytes, print_json
+from hypersdk.cli.output import ByteProgress, OneLineParser, fail, human_bytes, print_json
 from hypersdk.engine.analysis import analyze
 from hypersdk.engine.export import ExportReport, ExportRequest, run_export
 from hypersdk.errors import ExportCancelled, UsageError
@@ -49,13 +49,8 @@ class Options:
     vsphere: VsphereSettings | None = None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument(
         "--vm",
