@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,9 @@ def main() -> None:
             f"  stored by the full export: {stored:.0f} MiB of {mib} MiB "
             f"({full.manifest.stats['zero_blocks']:.0f} zero blocks)"
         )
+        # ru_maxrss is in KiB on Linux; it must stay flat as the disk grows (< 256 MiB)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"  peak RSS of this process: {peak:.0f} MiB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,11 +14,13 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from hypersdk.errors import HyperSDKError
 
@@ -61,6 +63,16 @@ def fail(prog: str, err: BaseException, *, as_json: bool) -> int:
     return code
 
 
+class _MibPerSecond(ProgressColumn):
+    """Speed in MiB/s, to match the binary sizes beside it (rich's column is MB/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(
+            "?" if speed is None else f"{speed / 2**20:.0f} MiB/s", style="progress.data.speed"
+        )
+
+
 class ByteProgress:
     """A bytes progress bar (speed, ETA) on stderr when it is a terminal; else silent.
     Started late, once the total is known (an export learns it from the session)."""
@@ -77,7 +89,7 @@ class ByteProgress:
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _MibPerSecond(),
             TimeRemainingColumn(),
             console=Console(stderr=True),
         )
