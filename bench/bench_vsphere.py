@@ -113,8 +113,7 @@ def main() -> None:
             f"  {100 * t_inc / t_full:.1f}% of full, {100 * t_inc / t_ref:.1f}% of download"
         )
         print(
-            f"  of which session setup/teardown (snapshot, query, remove; lab hashes "
-            f"the disk at each snapshot) {t_setup:.2f} s"
+            f"  a session alone (snapshot, changed-areas query, snapshot removal) {t_setup:.2f} s"
         )
         print(
             f"  modes: {full.mode}, {inc.mode}; read {full.bytes_read / MIB:.0f} then "

@@ -15,7 +15,10 @@
 //
 // The lab's stand-in for ESXi's tracking: at every change id it issues (CBT enabled,
 // snapshot created, CBT reset) it records one hash per block of the disk's flat file.
-// Changed areas between two change ids are the blocks whose hashes differ.
+// Changed areas between two change ids are the blocks whose hashes differ. A new
+// tracking uuid hashes the whole disk; a snapshot's change id copies the previous
+// change id's hashes and hashes again only the blocks written since (every write goes
+// through the lab, which keeps them per disk) and those a resize affects.
 package simulator
 
 import (
@@ -63,6 +66,13 @@ type labDisk struct {
 	// pending: CBT was enabled on a running VM and waits for the next stun/unstun
 	// (snapshot create or power on) to become active, as on ESXi.
 	pending bool
+	// dirty: the blocks the guest wrote since epochs[seq] was taken (through the flat
+	// file or the redo log alike); only those are hashed again at the next change id.
+	dirty map[int64]bool
+	// sig: the flat file's signature when epochs[seq] was taken, kept up to date across
+	// the lab's own writes; a mismatch means a write behind the lab's back and makes
+	// the next hash a full one. The zero value forces a full hash too.
+	sig labFileSig
 }
 
 func (d *labDisk) changeID(seq int) string { return fmt.Sprintf("%s/%d", d.uuid, seq) }
@@ -292,28 +302,46 @@ const (
 )
 
 // labHashFile hashes every block of the first capacity bytes of a (sparse) file.
-// Holes are skipped with SEEK_DATA/SEEK_HOLE, so an almost empty 1 GiB disk costs
-// a few system calls; data is read once.
 func labHashFile(name string, capacity, bs int64) (*labEpoch, error) {
 	f, err := os.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
+	ep := &labEpoch{capacity: capacity, hashes: make([]labHash, (capacity+bs-1)/bs)}
+	if err := labHashRange(f, ep.hashes, 0, int64(len(ep.hashes)), capacity, bs); err != nil {
 		return nil, err
 	}
-	n := (capacity + bs - 1) / bs
-	ep := &labEpoch{capacity: capacity, hashes: make([]labHash, n)}
+	return ep, nil
+}
+
+// labHashRange sets hashes[from:to] to the hashes of blocks from..to-1 of a (sparse)
+// file cut at capacity. Holes are skipped with SEEK_DATA/SEEK_HOLE, so an almost
+// empty 1 GiB disk costs a few system calls; data is read once.
+func labHashRange(f *os.File, hashes []labHash, from, to, capacity, bs int64) error {
+	if to > int64(len(hashes)) {
+		to = int64(len(hashes))
+	}
+	if from >= to {
+		return nil
+	}
+	for b := from; b < to; b++ {
+		hashes[b] = labHash{} // holes
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
 	end := st.Size()
 	if end > capacity {
 		end = capacity
 	}
-	buf := make([]byte, bs)
-	zero := make([]byte, bs)
+	if end > to*bs {
+		end = to * bs
+	}
+	sc := labNewScratch(bs)
 	seekable := true
-	off := int64(0)
+	off := from * bs
 	for off < end {
 		dataStart, holeStart := off, end
 		if seekable {
@@ -332,24 +360,42 @@ func labHashFile(name string, capacity, bs int64) (*labEpoch, error) {
 		}
 		first := dataStart / bs
 		last := (holeStart + bs - 1) / bs
-		for b := first; b < last && b < n; b++ {
-			m, err := f.ReadAt(buf, b*bs)
-			if err != nil && err != io.EOF {
-				return nil, err
+		for b := first; b < last && b < to; b++ {
+			h, err := labHashBlock(f, sc, b, capacity, bs)
+			if err != nil {
+				return err
 			}
-			if b*bs+int64(m) > capacity {
-				m = int(capacity - b*bs)
-			}
-			block := buf[:m]
-			if bytes.Equal(block, zero[:m]) {
-				continue
-			}
-			sum := sha256.Sum256(block)
-			copy(ep.hashes[b][:], sum[:16])
+			hashes[b] = h
 		}
 		off = last * bs
 	}
-	return ep, nil
+	return nil
+}
+
+// labScratch is the buffers of labHashBlock: one block to read into, one of zeros.
+type labScratch struct{ buf, zero []byte }
+
+func labNewScratch(bs int64) *labScratch {
+	return &labScratch{buf: make([]byte, bs), zero: make([]byte, bs)}
+}
+
+// labHashBlock hashes block b of a file cut at capacity (what the file holds of it:
+// all-zero data, or none, is the zero hash).
+func labHashBlock(f *os.File, sc *labScratch, b, capacity, bs int64) (labHash, error) {
+	var h labHash
+	m, err := f.ReadAt(sc.buf, b*bs)
+	if err != nil && err != io.EOF {
+		return h, err
+	}
+	if b*bs+int64(m) > capacity {
+		m = int(capacity - b*bs)
+	}
+	block := sc.buf[:m]
+	if !bytes.Equal(block, sc.zero[:m]) {
+		sum := sha256.Sum256(block)
+		copy(h[:], sum[:16])
+	}
+	return h, nil
 }
 
 // labRedo holds the blocks written while the VM has snapshots (a sparse side file at
@@ -359,8 +405,8 @@ type labRedo struct {
 	blocks map[int64]bool
 }
 
-// labHashDisk hashes the disk as the guest sees it: the flat file with the redo log's
-// blocks on top.
+// labHashDisk hashes the whole disk as the guest sees it: the flat file with the redo
+// log's blocks on top.
 func labHashDisk(flat string, capacity, bs int64) (*labEpoch, error) {
 	ep, err := labHashFile(flat, capacity, bs)
 	if err != nil {
@@ -375,26 +421,127 @@ func labHashDisk(flat string, capacity, bs int64) (*labEpoch, error) {
 		return nil, err
 	}
 	defer f.Close()
-	buf := make([]byte, bs)
-	zero := make([]byte, bs)
+	sc := labNewScratch(bs)
 	for b := range redo.blocks {
 		if b >= int64(len(ep.hashes)) {
 			continue
 		}
-		m, err := f.ReadAt(buf, b*bs)
-		if err != nil && err != io.EOF {
+		if ep.hashes[b], err = labHashBlock(f, sc, b, capacity, bs); err != nil {
 			return nil, err
-		}
-		if b*bs+int64(m) > capacity {
-			m = int(capacity - b*bs)
-		}
-		ep.hashes[b] = labHash{}
-		if !bytes.Equal(buf[:m], zero[:m]) {
-			sum := sha256.Sum256(buf[:m])
-			copy(ep.hashes[b][:], sum[:16])
 		}
 	}
 	return ep, nil
+}
+
+// labFileSig identifies a file's content version well enough to notice a write that
+// did not come through the lab (inode, size, mtime, ctime).
+type labFileSig struct {
+	ino          uint64
+	size         int64
+	mtime, ctime syscall.Timespec
+}
+
+func labSigOf(name string) labFileSig {
+	var st syscall.Stat_t
+	if err := syscall.Stat(name, &st); err != nil {
+		return labFileSig{}
+	}
+	return labFileSig{ino: uint64(st.Ino), size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+}
+
+// labFlatChanging is called before the lab itself modifies a disk's flat file; the
+// returned function, called after, records the file's new signature unless the file
+// had already been changed behind the lab's back (then the next hash is a full one).
+func labFlatChanging(st *labDisk) func() {
+	if st == nil || st.sig == (labFileSig{}) || labSigOf(st.flat) != st.sig {
+		return func() {}
+	}
+	return func() { st.sig = labSigOf(st.flat) }
+}
+
+// labMarkDirty records that the guest wrote [offset, offset+length) of the disk.
+func labMarkDirty(st *labDisk, offset, length, bs int64) {
+	if st == nil || length <= 0 {
+		return
+	}
+	if st.dirty == nil {
+		st.dirty = make(map[int64]bool)
+	}
+	for b := offset / bs; b <= (offset+length-1)/bs; b++ {
+		st.dirty[b] = true
+	}
+}
+
+// labCurrentLocked returns the block hashes of the disk as it is now, cut at capacity,
+// and the flat file's signature they were taken from. The cost is proportional to what
+// changed since the latest epoch: its hashes are copied, and only the blocks written
+// since (st.dirty) and those a change of capacity affects are hashed again. Without a
+// usable latest epoch, or if the flat file changed behind the lab's back, the whole
+// disk is hashed.
+func labCurrentLocked(st *labDisk, capacity int64) (*labEpoch, labFileSig, error) {
+	bs := Lab.cfg.BlockSize
+	sig := labSigOf(st.flat)
+	base := st.epochs[st.seq]
+	if base == nil || sig == (labFileSig{}) || sig != st.sig {
+		ep, err := labHashDisk(st.flat, capacity, bs)
+		return ep, sig, err
+	}
+	n := (capacity + bs - 1) / bs
+	ep := &labEpoch{capacity: capacity, hashes: make([]labHash, n)}
+	copy(ep.hashes, base.hashes)
+	f, err := os.Open(st.flat)
+	if err != nil {
+		return nil, sig, err
+	}
+	defer f.Close()
+	var rf *os.File
+	redo := Lab.redo[st.flat]
+	if redo != nil && len(redo.blocks) > 0 {
+		if rf, err = os.Open(redo.file); err != nil {
+			return nil, sig, err
+		}
+		defer rf.Close()
+	} else {
+		redo = nil
+	}
+	sc := labNewScratch(bs)
+	// The blocks to hash again: the dirty ones, and after a change of capacity every
+	// block from the one holding the smaller end on (grown blocks, the old last block
+	// that was cut short, or the new last block that is cut now).
+	again := make([]int64, 0, len(st.dirty))
+	for b := range st.dirty {
+		if b < n {
+			again = append(again, b)
+		}
+	}
+	if capacity != base.capacity {
+		from := base.capacity
+		if capacity < from {
+			from = capacity
+		}
+		from /= bs
+		if err := labHashRange(f, ep.hashes, from, n, capacity, bs); err != nil {
+			return nil, sig, err
+		}
+		if redo != nil {
+			for b := range redo.blocks {
+				if b >= from && b < n && !st.dirty[b] {
+					again = append(again, b)
+				}
+			}
+		}
+	}
+	sort.Slice(again, func(i, j int) bool { return again[i] < again[j] })
+	for _, b := range again {
+		src := f
+		if redo != nil && redo.blocks[b] {
+			src = rf
+		}
+		if ep.hashes[b], err = labHashBlock(src, sc, b, capacity, bs); err != nil {
+			return nil, sig, err
+		}
+	}
+	return ep, sig, nil
 }
 
 // labConsolidateLocked writes the redo logs of the VM's disks into their flat files.
@@ -409,7 +556,12 @@ func labConsolidateLocked(vm *VirtualMachine) {
 		if redo == nil {
 			continue
 		}
-		if err := labCopyBlocks(redo.file, flat, redo.blocks, bs); err != nil {
+		// The guest's view does not change, so the disk's dirty marks (which live in
+		// its labDisk, not in the redo log) stay as they are.
+		done := labFlatChanging(Lab.disks[labDiskID(vm.Self, dd.disk.Key)])
+		err = labCopyBlocks(redo.file, flat, redo.blocks, bs)
+		done()
+		if err != nil {
 			vm.logPrintf("lab: consolidate %s: %s", flat, err)
 			continue
 		}
@@ -481,17 +633,24 @@ func labSyncVMLocked(vm *VirtualMachine) {
 			capacity = dd.disk.CapacityInBytes
 		}
 		dd.disk.CapacityInBytes, dd.disk.CapacityInKB = capacity, capacity/1024
+		id := labDiskID(vm.Self, dd.disk.Key)
+		seen[id] = true
+		st := Lab.disks[id]
 		desc, flat, err := labLocalPaths(vm, dd.backing.FileName)
 		if err == nil {
+			var done func()
+			if st != nil && st.flat == flat {
+				done = labFlatChanging(st)
+			}
 			g, ferr := labEnsureFiles(desc, flat, capacity)
+			if done != nil {
+				done()
+			}
 			if ferr != nil {
 				vm.logPrintf("lab: disk %s: %s", dd.backing.FileName, ferr)
 			}
 			grown = grown || g
 		}
-		id := labDiskID(vm.Self, dd.disk.Key)
-		seen[id] = true
-		st := Lab.disks[id]
 		// Independent disks are not part of snapshots and have no tracking.
 		independent := strings.HasPrefix(dd.backing.DiskMode, "independent")
 		if !enabled || independent || err != nil {
@@ -563,9 +722,12 @@ func labRestartLocked(st *labDisk, capacity int64) {
 	st.seq = 0
 	st.capacity = capacity
 	st.epochs = make(map[int]*labEpoch)
+	st.dirty = nil
+	st.sig = labSigOf(st.flat)
 	ep, err := labHashDisk(st.flat, capacity, Lab.cfg.BlockSize)
 	if err != nil {
 		ep = &labEpoch{capacity: capacity, hashes: make([]labHash, (capacity+Lab.cfg.BlockSize-1)/Lab.cfg.BlockSize)}
+		st.sig = labFileSig{} // not a real state of the disk: the next hash is a full one
 	}
 	st.epochs[0] = ep
 }
@@ -587,13 +749,14 @@ func labFreezeSnapshot(snap *VirtualMachineSnapshot) {
 		if st == nil {
 			continue
 		}
-		ep, err := labHashDisk(st.flat, st.capacity, Lab.cfg.BlockSize)
+		ep, sig, err := labCurrentLocked(st, st.capacity)
 		if err != nil {
 			vm.logPrintf("lab: snapshot of %s: %s", st.file, err)
-			continue
+			continue // the dirty marks stay for the next try
 		}
 		st.seq++
 		st.epochs[st.seq] = ep
+		st.dirty, st.sig = nil, sig
 		for seq := range st.epochs {
 			if seq <= st.seq-Lab.cfg.MaxEpochs {
 				delete(st.epochs, seq)
@@ -707,7 +870,7 @@ func labQuery(vm *VirtualMachine, req *types.QueryChangedDiskAreas) (*types.Disk
 			return nil, "Error caused by file " + file, labFileFault(file, "snapshot's tracking data expired")
 		}
 	} else {
-		ep, err := labHashDisk(st.flat, capacity, bs)
+		ep, _, err := labCurrentLocked(st, capacity)
 		if err != nil {
 			return nil, "Error caused by file " + file, labFileFault(file, err.Error())
 		}
@@ -919,6 +1082,13 @@ func labWrite(vm *VirtualMachine, key int32, offset int64, r io.Reader, length i
 	// Writes and snapshot captures are serialised by Lab.mu (the VM lock is held too).
 	Lab.mu.Lock()
 	defer Lab.mu.Unlock()
+	// The blocks written count for the next change id, wherever the data goes (flat
+	// file or redo log): they are what the next snapshot hashes again.
+	st := Lab.disks[labDiskID(vm.Self, dd.disk.Key)]
+	if st != nil && st.flat != flat {
+		st = nil
+	}
+	labMarkDirty(st, offset, length, Lab.cfg.BlockSize)
 	target := flat
 	if vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0 {
 		// The flat file belongs to the snapshot now: write to the redo log, after
@@ -947,6 +1117,8 @@ func labWrite(vm *VirtualMachine, key int32, offset int64, r io.Reader, length i
 			redo.blocks[b] = true
 		}
 		target = redo.file
+	} else {
+		defer labFlatChanging(st)() // runs after the file is written and closed
 	}
 	f, err := os.OpenFile(target, os.O_WRONLY, 0)
 	if err != nil {

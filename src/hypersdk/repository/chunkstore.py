@@ -18,13 +18,19 @@ class ChunkStore:
         return self._layout.chunk(chunk_id).exists()
 
     def put(self, chunk_id: bytes, sealed: bytes) -> None:
-        """Store a sealed object under ``chunk_id``; not durable until the next syncfs."""
+        """Store a sealed object under ``chunk_id``; not durable until the next syncfs.
+
+        The temp file goes in the chunk's own folder, not the shared tmp/: parallel
+        writers then create inodes in 256 folders instead of contending for one
+        folder's lock and inode group (measured: ext4 inode allocation was the largest
+        kernel cost of a full export).
+        """
         path = self._layout.chunk(chunk_id)
         try:
-            write_atomic(path, sealed, self._layout.tmp, durable=False)
+            write_atomic(path, sealed, path.parent, durable=False)
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, sealed, self._layout.tmp, durable=False)
+            write_atomic(path, sealed, path.parent, durable=False)
 
     def get(self, chunk_id: bytes) -> bytes:
         """The sealed object; raises FileNotFoundError when it is missing."""
@@ -48,6 +54,16 @@ class ChunkStore:
                         yield bytes.fromhex(name), Path(entry.path)
                     except ValueError:
                         continue
+
+    def leftovers(self) -> Iterator[Path]:
+        """Temp files of interrupted writes (``<name>.<random>.tmp`` beside the chunks)."""
+        if not self._layout.data.exists():
+            return
+        for sub in os.scandir(self._layout.data):
+            if sub.is_dir():
+                for entry in os.scandir(sub.path):
+                    if entry.name.endswith(".tmp"):
+                        yield Path(entry.path)
 
     def delete(self, chunk_id: bytes) -> int:
         path = self._layout.chunk(chunk_id)

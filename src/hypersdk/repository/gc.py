@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypersdk.errors import HyperSDKError, RepositoryError
 from hypersdk.repository.repository import Repository
@@ -62,9 +63,11 @@ def collect_garbage(repo: Repository, *, dry_run: bool = False) -> GcReport:
                     if not dry_run:
                         shutil.rmtree(gen_dir)
 
+        temps = list(repo.chunks.leftovers())
         if repo.layout.tmp.exists():
-            for entry in os.scandir(repo.layout.tmp):
-                report.temp_files_removed += 1
-                if not dry_run:
-                    os.unlink(entry.path)
+            temps += [Path(e.path) for e in os.scandir(repo.layout.tmp)]
+        for temp in temps:
+            report.temp_files_removed += 1
+            if not dry_run:
+                temp.unlink()
     return report
