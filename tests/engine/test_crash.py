@@ -122,3 +122,18 @@ def test_gc_refuses_while_a_writer_runs(tmp_path: Path) -> None:
     with repo.writer("vm1"), pytest.raises(LockedError, match="an export is running"):
         collect_garbage(repo)
     collect_garbage(repo)  # free again
+
+
+def test_gc_removes_temp_files_of_interrupted_writes(tmp_path: Path) -> None:
+    repo = Repository.open_or_init(tmp_path / "repo", block_size=BS)
+    img = tmp_path / "disk.raw"
+    img.write_bytes(os.urandom(4 * BS))
+    export(repo, {"disk-0": img})
+    _, path = next(repo.chunks.all())
+    leftover = path.with_name(path.name + ".0123456789ab.tmp")
+    leftover.write_bytes(b"half a chunk")
+    (repo.layout.tmp / "index.tmp").write_bytes(b"half an index")
+    assert verify(repo, select(repo, None, None)).ok  # not a chunk: never read
+    report = collect_garbage(repo)
+    assert report.temp_files_removed == 2 and report.chunks_removed == 0
+    assert not leftover.exists() and path.exists()

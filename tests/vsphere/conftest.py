@@ -34,7 +34,7 @@ VMS = (
 @pytest.fixture(scope="session")
 def lab_binary() -> Path:
     if shutil.which("go") is None or not GOVMOMI_SRC.is_dir():
-        pytest.fail("needs Debian's golang-go and golang-github-vmware-govmomi-dev (scripts/setup.sh)")
+        pytest.fail("needs Debian's golang-go and golang-github-vmware-govmomi-dev (setup.sh)")
     return LabBuild(default_source_dir()).build()
 
 
