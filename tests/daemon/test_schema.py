@@ -55,6 +55,7 @@ def test_api_conforms(live: Hypervisord) -> None:
             max_examples=50 if mode is GenerationMode.POSITIVE else 25,
             deadline=None,
             database=None,
+            derandomize=True,  # the same requests every run: a CI failure reproduces
             suppress_health_check=list(HealthCheck),
         )
         @given(case=operation.as_strategy(generation_mode=mode))
