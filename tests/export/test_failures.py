@@ -189,3 +189,25 @@ def test_real_vm_process(cli: Cli, tmp_path: Path) -> None:
         assert data[8 * MiB : 9 * MiB] == b"\xcd" * MiB
         assert data[9 * MiB :] == bytes(23 * MiB)
         assert cli.restore(full["vm"], full["generation"], disk)[8 * MiB : 9 * MiB] == bytes(MiB)
+
+
+def test_compress_applies_to_new_chunks_of_an_existing_repository(
+    cli: Cli, qsd: QemuStorageDaemon
+) -> None:
+    from hypersdk.repository.envelope import Compression
+    from hypersdk.repository.repository import Repository
+
+    qsd.write(0, b"compressible text " * 100_000)
+    full = cli.export(qsd.locator)  # a new repository: zstd by default
+    qsd.write(4 * MiB, b"more compressible text " * 50_000)
+    expected = qsd.read(0, qsd.size)
+    again = cli.export(qsd.locator, "--compress", "lz4")
+    repo = Repository.open(cli.repo)
+    assert repo.config.compression == "zstd"  # the repository's default is unchanged
+    methods = {p.read_bytes()[5] for _, p in repo.chunks.all()}
+    assert methods == {Compression.ZSTD, Compression.LZ4}
+    assert cli.restore(full["vm"], again["generation"], "disk0") == expected
+    for bad in ("zstd:99", "lz4:3", "gzip"):
+        proc = cli.run("hyperexport", "--vm", qsd.locator, "--output", str(cli.repo),
+                       "--compress", bad)  # fmt: skip
+        assert (proc.returncode == 2 and "--compress" in proc.stderr) or "gzip" in proc.stderr

@@ -39,7 +39,7 @@ class Options:
     action: str  # "export", "info", "enable-cbt", "disable-cbt"
     incremental: bool
     force_full: bool
-    compression: str
+    compression: str | None  # None: the repository's setting (zstd for a new one)
     compression_level: int | None
     block_size: int
     parallel: int
@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--enable-cbt", action="store_true", help="turn on changed block tracking")
     p.add_argument("--disable-cbt", action="store_true", help="turn off changed block tracking")
-    p.add_argument("--compress", default="zstd", help="zstd[:LEVEL], lz4 or none (new chunks)")
+    p.add_argument(
+        "--compress",
+        help="zstd[:LEVEL], lz4 or none for new chunks (default: the repository's, zstd:1)",
+    )
     p.add_argument(
         "--block-size",
         default=str(DEFAULT_BLOCK_SIZE),
@@ -152,11 +155,11 @@ def to_options(args: argparse.Namespace) -> Options:
     action = actions[0] if actions else "export"
     if action == "export" and not args.output:
         raise UsageError("an export needs --output (the repository folder)")
-    comp, _, level = args.compress.partition(":")
-    if comp.lower() not in ("zstd", "lz4", "none"):
+    comp, _, level = (args.compress or "").partition(":")
+    if args.compress is not None and comp.lower() not in ("zstd", "lz4", "none"):
         raise UsageError(f"unknown compression {comp!r}: choose zstd, lz4 or none")
-    if level and not level.isdigit():
-        raise UsageError(f"zstd level {level!r} is not a number")
+    if level and (comp.lower() != "zstd" or not level.isdigit() or not 1 <= int(level) <= 22):
+        raise UsageError(f"--compress {args.compress!r}: only zstd takes a level, from 1 to 22")
     if not 1 <= args.parallel <= 64:
         raise UsageError("--parallel must be 1 to 64")
     if args.max_incremental_age <= 0:
@@ -167,7 +170,7 @@ def to_options(args: argparse.Namespace) -> Options:
         action=action,
         incremental=args.incremental,
         force_full=args.force_full,
-        compression=comp.lower(),
+        compression=comp.lower() if args.compress is not None else None,
         compression_level=int(level) if level else None,
         block_size=check_block_size(_size(args.block_size)),
         parallel=args.parallel,
@@ -238,14 +241,13 @@ def _export(opts: Options, provider: Provider, history: History) -> int:
         incremental=opts.incremental,
         force_full=opts.force_full,
         compression=opts.compression,
+        compression_level=opts.compression_level,
         block_size=opts.block_size,
         parallel=opts.parallel,
         max_age=opts.max_age,
         on_plan=on_plan,
         progress=bar.advance,
     )
-    if opts.compression_level is not None:
-        request.compression_level = opts.compression_level
     try:
         report = run_export(provider, request, history)
     finally:

@@ -28,8 +28,8 @@ class ExportRequest:
     output: str
     incremental: bool = False
     force_full: bool = False
-    compression: str = "zstd"
-    compression_level: int = DEFAULT_ZSTD_LEVEL
+    compression: str | None = None  # None: the repository's own setting
+    compression_level: int | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
     parallel: int = 4
     max_age: timedelta = DEFAULT_MAX_AGE
@@ -81,12 +81,17 @@ def choose_mode(request: ExportRequest, decision: Decision) -> tuple[bool, str]:
 def run_export(provider: Provider, request: ExportRequest, history: History) -> ExportReport:
     started = time.monotonic()
     vm = provider.identity()
+    level = request.compression_level
     repo = Repository.open_or_init(
         request.output,
         block_size=request.block_size,
-        compression=request.compression,
-        compression_level=request.compression_level,
+        compression=request.compression or "zstd",
+        compression_level=DEFAULT_ZSTD_LEVEL if level is None else level,
     )
+    if request.compression is not None:
+        # An explicit choice also applies to an existing repository's new chunks: each
+        # chunk records how it is stored, so readers need nothing else.
+        repo.use_compression(request.compression, level)
     options = ExportOptions(request.parallel, request.progress, request.cancel)
     with GenerationWriter(repo, vm) as writer:
         status = provider.cbt_status()

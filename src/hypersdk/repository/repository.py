@@ -74,6 +74,12 @@ class Repository:
         self.chunks = ChunkStore(self.layout)
         self.codec = Codec(Compression.parse(config.compression), config.compression_level)
 
+    def use_compression(self, compression: str, level: int | None = None) -> None:
+        """Store new chunks this way (this process only; the config keeps its default)."""
+        self.codec = Codec(
+            Compression.parse(compression), DEFAULT_ZSTD_LEVEL if level is None else level
+        )
+
     # -- opening ------------------------------------------------------------------
 
     @classmethod
