@@ -211,3 +211,17 @@ def test_compress_applies_to_new_chunks_of_an_existing_repository(
         proc = cli.run("hyperexport", "--vm", qsd.locator, "--output", str(cli.repo),
                        "--compress", bad)  # fmt: skip
         assert (proc.returncode == 2 and "--compress" in proc.stderr) or "gzip" in proc.stderr
+
+
+def test_block_size_only_for_a_new_repository(cli: Cli, qsd: QemuStorageDaemon) -> None:
+    qsd.write(0, os.urandom(MiB))
+    first = cli.export(qsd.locator, "--block-size", "256K")
+    assert first["bytes_read"] == MiB
+    proc = cli.run("hyperexport", "--vm", qsd.locator, "--output", str(cli.repo),
+                   "--block-size", "1M")  # fmt: skip
+    assert proc.returncode == 2
+    assert "262144-byte blocks" in proc.stderr and proc.stderr.count("\n") == 1
+    assert cli.export(qsd.locator, "--block-size", "256K")["mode"] == "full"
+    bad = cli.run("hyperexport", "--vm", qsd.locator, "--output", str(cli.tmp / "new"),
+                  "--block-size", "3M")  # fmt: skip
+    assert bad.returncode == 2 and "power of two" in bad.stderr

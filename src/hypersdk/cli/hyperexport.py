@@ -26,7 +26,7 @@ from hypersdk.errors import ExportCancelled, UsageError
 from hypersdk.providers.base import Provider
 from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.factory import QEMU_PREFIXES, open_provider
-from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, Repository, check_block_size
+from hypersdk.repository.repository import Repository, check_block_size
 from hypersdk.state.history import History
 
 PROG = "hyperexport"
@@ -41,7 +41,7 @@ class Options:
     force_full: bool
     compression: str | None  # None: the repository's setting (zstd for a new one)
     compression_level: int | None
-    block_size: int
+    block_size: int | None  # None: 1 MiB for a new repository
     parallel: int
     max_age: timedelta
     json: bool
@@ -78,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--block-size",
-        default=str(DEFAULT_BLOCK_SIZE),
         help="block size of a NEW repository: bytes or with K/M suffix (default 1M)",
     )
     p.add_argument("--parallel", type=int, default=4, help="reader threads (default 4)")
@@ -172,7 +171,7 @@ def to_options(args: argparse.Namespace) -> Options:
         force_full=args.force_full,
         compression=comp.lower() if args.compress is not None else None,
         compression_level=int(level) if level else None,
-        block_size=check_block_size(_size(args.block_size)),
+        block_size=check_block_size(_size(args.block_size)) if args.block_size else None,
         parallel=args.parallel,
         max_age=timedelta(days=args.max_incremental_age),
         json=args.json,

@@ -17,7 +17,7 @@ from typing import Any
 from hypersdk.engine.decision import DEFAULT_MAX_AGE, Decision, decide
 from hypersdk.engine.source import DiskSnapshot, VmIdentity
 from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter, bytes_to_read
-from hypersdk.errors import ChangeIdInvalid
+from hypersdk.errors import ChangeIdInvalid, UsageError
 from hypersdk.providers.base import CbtStatus, Provider
 from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL, Repository
 from hypersdk.state.history import DiskEntry, ExportRecord, History
@@ -30,7 +30,7 @@ class ExportRequest:
     force_full: bool = False
     compression: str | None = None  # None: the repository's own setting
     compression_level: int | None = None
-    block_size: int = DEFAULT_BLOCK_SIZE
+    block_size: int | None = None  # for a new repository; None: 1 MiB
     parallel: int = 4
     max_age: timedelta = DEFAULT_MAX_AGE
     on_plan: Callable[[str, str, int], None] | None = None  # (mode, reason, bytes to read)
@@ -84,10 +84,15 @@ def run_export(provider: Provider, request: ExportRequest, history: History) -> 
     level = request.compression_level
     repo = Repository.open_or_init(
         request.output,
-        block_size=request.block_size,
+        block_size=request.block_size or DEFAULT_BLOCK_SIZE,
         compression=request.compression or "zstd",
         compression_level=DEFAULT_ZSTD_LEVEL if level is None else level,
     )
+    if request.block_size is not None and request.block_size != repo.config.block_size:
+        raise UsageError(
+            f"{repo.root} uses {repo.config.block_size}-byte blocks; a block size can only "
+            "be chosen for a new repository"
+        )
     if request.compression is not None:
         # An explicit choice also applies to an existing repository's new chunks: each
         # chunk records how it is stored, so readers need nothing else.
