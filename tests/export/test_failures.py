@@ -165,12 +165,13 @@ def test_incremental_info_without_output(cli: Cli, qsd: QemuStorageDaemon) -> No
     assert "Current Disks: 1" in lines
     assert "  • disk0 (32 MB) - qcow2" in info.stdout
     assert "  ✓ Incremental export is possible" in lines
-    assert "  Changed data: 3 MB" in lines  # QEMU counts exactly
+    assert "  Estimated changed data: 3 MB" in lines  # QEMU counts exactly
     assert "  Potential savings: 29 MB (90.6%)" in lines
     doc = json.loads(
         cli.run("hyperexport", "--vm", qsd.locator, "--incremental-info", "--json").stdout
     )
     assert doc["can_incremental"] is True and doc["estimated_changed_bytes"] == 3 * MiB
+    assert doc["estimate_exact"] is True
     assert doc["estimated_savings_bytes"] == 29 * MiB
 
 

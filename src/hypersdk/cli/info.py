@@ -61,8 +61,8 @@ def print_analysis(a: Analysis, *, as_json: bool) -> None:
     if a.decision.can_incremental:
         lines.append("  ✓ Incremental export is possible")
         if a.changed_bytes is not None:
-            word = "Changed data" if a.exact else "Estimated changed data"
-            lines.append(f"  {word}: {spec_size(a.changed_bytes)}")
+            # The spec's label either way (scripts read it); --json tells if it is exact.
+            lines.append(f"  Estimated changed data: {spec_size(a.changed_bytes)}")
             pct = 100 * a.savings_bytes / a.total_size if a.total_size else 0.0
             lines.append(f"  Potential savings: {spec_size(a.savings_bytes)} ({pct:.1f}%)")
         lines.append(f"  Estimated duration: {a.estimated_duration}")
