@@ -163,6 +163,10 @@ func (*labHooks) PutObject(obj mo.Reference) {
 				o.Info.Entity = &vmRef
 				if vm, ok := Map.Get(vmRef).(*VirtualMachine); ok {
 					o.Info.EntityName = vm.Name
+					if o.Info.DescriptionId == "VirtualMachineSnapshot.removeSnapshot" {
+						// The stock task deletes the snapshot's files by layoutEx key.
+						labBeforeRemoveSnapshot(vm)
+					}
 				}
 			}
 		}
@@ -170,15 +174,32 @@ func (*labHooks) PutObject(obj mo.Reference) {
 }
 
 func (*labHooks) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {
+	if t, ok := obj.(*mo.Task); ok {
+		labTaskUpdated(t, changes)
+		return
+	}
 	if _, ok := obj.(*mo.VirtualMachine); !ok {
 		return
 	}
 	for _, c := range changes {
 		if c.Name == "snapshot" && c.Val == nil {
-			// The last snapshot is gone: consolidate the redo logs into the flat files.
+			// The last snapshot is gone (or RemoveAllSnapshots_Task is about to remove
+			// them all): consolidate the redo logs into the flat files, delete the
+			// snapshots' .vmsn files and repair the file layout.
 			if vm, ok := Map.Get(obj.Reference()).(*VirtualMachine); ok && vm.Config != nil && vm.Runtime.Host != nil {
 				Lab.mu.Lock()
 				labConsolidateLocked(vm)
+				labSnapshotsGoneLocked(vm)
+				Lab.mu.Unlock()
+			}
+			return
+		}
+		if strings.HasPrefix(c.Name, "snapshot.") {
+			// A snapshot was created or removed: record its .vmsn, repair the layout
+			// (RefreshStorageInfo renumbers it after every removal).
+			if vm, ok := Map.Get(obj.Reference()).(*VirtualMachine); ok && vm.Config != nil && vm.Runtime.Host != nil {
+				Lab.mu.Lock()
+				labRepairLayoutLocked(vm)
 				Lab.mu.Unlock()
 			}
 			return
@@ -201,11 +222,18 @@ func (*labHooks) UpdateObject(obj mo.Reference, changes []types.PropertyChange) 
 }
 
 func (*labHooks) RemoveObject(ref types.ManagedObjectReference) {
+	if ref.Type == "VirtualMachineSnapshot" {
+		Lab.mu.Lock()
+		labForgetLocked(ref)
+		Lab.mu.Unlock()
+		return
+	}
 	if ref.Type != "VirtualMachine" {
 		return
 	}
 	Lab.mu.Lock()
 	defer Lab.mu.Unlock()
+	labForgetLocked(ref)
 	for id, d := range Lab.disks {
 		if d.vm == ref {
 			delete(Lab.disks, id)
@@ -624,7 +652,6 @@ func labSyncVMLocked(vm *VirtualMachine) {
 		Lab.active[vm.Self] = true // nothing to wait for
 	}
 	seen := make(map[string]bool)
-	grown := false
 	for _, dd := range labDisks(vm.Config.Hardware.Device) {
 		// A client may change capacityInKB or capacityInBytes (the other one keeps the
 		// old value); disks only grow, so the larger one is the new size.
@@ -642,14 +669,13 @@ func labSyncVMLocked(vm *VirtualMachine) {
 			if st != nil && st.flat == flat {
 				done = labFlatChanging(st)
 			}
-			g, ferr := labEnsureFiles(desc, flat, capacity)
+			_, ferr := labEnsureFiles(desc, flat, capacity)
 			if done != nil {
 				done()
 			}
 			if ferr != nil {
 				vm.logPrintf("lab: disk %s: %s", dd.backing.FileName, ferr)
 			}
-			grown = grown || g
 		}
 		// Independent disks are not part of snapshots and have no tracking.
 		independent := strings.HasPrefix(dd.backing.DiskMode, "independent")
@@ -679,26 +705,9 @@ func labSyncVMLocked(vm *VirtualMachine) {
 			delete(Lab.disks, id)
 		}
 	}
-	if grown {
-		labRefreshLayout(vm)
-	}
-}
-
-// labRefreshLayout updates the disk file sizes in layoutEx (stock vcsim records them
-// once, when the files are still empty) and the storage summary.
-func labRefreshLayout(vm *VirtualMachine) {
-	for i := range vm.LayoutEx.File {
-		f := &vm.LayoutEx.File[i]
-		if !strings.HasSuffix(f.Name, ".vmdk") {
-			continue
-		}
-		if desc, _, err := labLocalPaths(vm, f.Name); err == nil {
-			if st, err := os.Stat(desc); err == nil {
-				f.Size, f.UniqueSize = st.Size(), st.Size()
-			}
-		}
-	}
-	vm.updateStorage()
+	// The file sizes in layoutEx (stock vcsim records them once, when the files are
+	// still empty), the storage summary, and keys that snapshot removal can trust.
+	labRepairLayoutLocked(vm)
 }
 
 // labActivateLocked starts tracking on disks whose activation waits for a stun/unstun.
