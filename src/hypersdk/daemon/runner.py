@@ -246,18 +246,15 @@ class Runner:
                 output=spec.output,
                 incremental=spec.incremental,
                 force_full=spec.force_full,
+                compression=spec.compression,
+                compression_level=spec.compression_level,
+                block_size=spec.block_size,
                 parallel=spec.parallel,
                 max_age=timedelta(days=spec.max_incremental_age_days),
                 on_plan=ctx.plan,
                 progress=ctx.advance,
                 cancel=ctx.cancel,
             )
-            if spec.compression is not None:
-                request.compression = spec.compression
-            if spec.compression_level is not None:
-                request.compression_level = spec.compression_level
-            if spec.block_size is not None:
-                request.block_size = spec.block_size
             report = run_export(provider, request, History(Path(self.config.state_dir)))
         finally:
             provider.close()

@@ -133,7 +133,7 @@ class GenerationWriter:
                     index=rel,
                     index_sha256=digest,
                     blocks=index.blocks,
-                    zero_blocks=index.zero_blocks(),
+                    zero_blocks=disk_stats.zero_blocks,
                     bytes_read=disk_stats.bytes_read,
                     bytes_stored=disk_stats.bytes_stored,
                     chunks_new=disk_stats.chunks_new,
