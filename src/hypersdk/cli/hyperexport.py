@@ -19,6 +19,7 @@ from types import FrameType
 
 from hypersdk import __version__
 from hypersdk.cli.info import print_analysis
+from hypersdk.cli.numbers import float_in, int_in, size_in
 from hypersdk.cli.output import ByteProgress, OneLineParser, fail, human_bytes, print_json
 from hypersdk.engine.analysis import analyze
 from hypersdk.engine.export import ExportReport, ExportRequest, run_export
@@ -26,10 +27,16 @@ from hypersdk.errors import ExportCancelled, UsageError
 from hypersdk.providers.base import Provider
 from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.factory import QEMU_PREFIXES, open_provider
-from hypersdk.repository.repository import Repository, check_block_size
+from hypersdk.repository.repository import (
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+    Repository,
+    check_block_size,
+)
 from hypersdk.state.history import History
 
 PROG = "hyperexport"
+MAX_AGE_DAYS = 36500.0
 
 
 @dataclass(frozen=True)
@@ -78,12 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--block-size",
-        help="block size of a NEW repository: bytes or with K/M suffix (default 1M)",
+        type=size_in(MIN_BLOCK_SIZE, MAX_BLOCK_SIZE),
+        help="block size of a NEW repository: a power of two from 64K to 16M (default 1M)",
     )
-    p.add_argument("--parallel", type=int, default=4, help="reader threads (default 4)")
+    p.add_argument(
+        "--parallel", type=int_in(1, 64), default=4, help="reader threads, 1 to 64 (default 4)"
+    )
     p.add_argument(
         "--max-incremental-age",
-        type=float,
+        # timedelta refuses more than 999999999 days; a century is plenty.
+        type=float_in(0, MAX_AGE_DAYS, low_open=True),
         default=7.0,
         metavar="DAYS",
         help="older last exports make a full export (default 7)",
@@ -105,17 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return p
-
-
-def _size(text: str) -> int:
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise UsageError(f"cannot read size {text!r}") from None
 
 
 def vsphere_settings(args: argparse.Namespace) -> VsphereSettings | None:
@@ -159,10 +159,6 @@ def to_options(args: argparse.Namespace) -> Options:
         raise UsageError(f"unknown compression {comp!r}: choose zstd, lz4 or none")
     if level and (comp.lower() != "zstd" or not level.isdigit() or not 1 <= int(level) <= 22):
         raise UsageError(f"--compress {args.compress!r}: only zstd takes a level, from 1 to 22")
-    if not 1 <= args.parallel <= 64:
-        raise UsageError("--parallel must be 1 to 64")
-    if args.max_incremental_age <= 0:
-        raise UsageError("--max-incremental-age must be positive")
     return Options(
         vm=args.vm,
         output=args.output,
@@ -171,7 +167,7 @@ def to_options(args: argparse.Namespace) -> Options:
         force_full=args.force_full,
         compression=comp.lower() if args.compress is not None else None,
         compression_level=int(level) if level else None,
-        block_size=check_block_size(_size(args.block_size)) if args.block_size else None,
+        block_size=(check_block_size(args.block_size) if args.block_size is not None else None),
         parallel=args.parallel,
         max_age=timedelta(days=args.max_incremental_age),
         json=args.json,

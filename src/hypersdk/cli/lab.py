@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hypersdk.cli.numbers import int_in, size_in
 from hypersdk.cli.output import human_bytes, print_json
 from hypersdk.errors import UsageError
 from hypersdk.lab.vcsim import (
@@ -28,9 +29,10 @@ from hypersdk.lab.vcsim import (
     LabVm,
     VcsimLab,
     default_state_dir,
-    parse_size,
     parse_vm_spec,
 )
+
+MAX_COUNT = 2**31 - 1  # the lab's knobs and device keys are 32-bit integers in Go
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sub = p.add_subparsers(dest="lab_command", metavar="COMMAND")
 
     start = sub.add_parser("start", parents=[common], help="build if needed and start the lab")
-    start.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    start.add_argument(
+        "--port", type=int_in(0, 65535), default=0, help="port on 127.0.0.1 (0: a free one)"
+    )
     start.add_argument(
         "--vm",
         action="append",
@@ -62,12 +66,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     start.add_argument("--cbt", action="store_true", help="create the VMs with CBT enabled")
     start.add_argument(
         "--max-changed-areas",
-        type=int,
+        type=int_in(0, MAX_COUNT),
         default=0,
         help="at most N areas per QueryChangedDiskAreas reply (0: no limit)",
     )
     start.add_argument(
-        "--block-size", default="64K", help="granularity of the lab's tracking (default 64K)"
+        "--block-size",
+        type=size_in(4 << 10, 16 << 20),
+        default=64 << 10,
+        help="granularity of the lab's tracking (default 64K)",
     )
     start.add_argument("--json", action="store_true", help="print the settings as one object")
 
@@ -81,18 +88,29 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     write = sub.add_parser("write", parents=[common], help="write 'guest' data into a VM disk")
     write.add_argument("--vm", required=True, help="inventory path, e.g. /DC0/vm/DC0_H0_VM0")
-    write.add_argument("--offset", required=True, help="byte offset (suffix K, M, G allowed)")
+    write.add_argument(
+        "--offset",
+        required=True,
+        type=size_in(0, 1 << 50),
+        help="byte offset (suffix K, M, G allowed)",
+    )
     what = write.add_mutually_exclusive_group(required=True)
-    what.add_argument("--length", help="write this many random bytes (K, M, G allowed)")
+    what.add_argument(
+        "--length", type=size_in(1, 1 << 30), help="write this many random bytes (K, M, G allowed)"
+    )
     what.add_argument("--file", type=Path, help="write the contents of this file")
     write.add_argument("--zero", action="store_true", help="with --length: write zeros")
-    write.add_argument("--seed", type=int, default=None, help="with --length: reproducible data")
-    write.add_argument("--disk", type=int, default=None, help="device key (default: first disk)")
+    write.add_argument(
+        "--seed", type=int_in(0, 2**63 - 1), default=None, help="with --length: reproducible data"
+    )
+    write.add_argument(
+        "--disk", type=int_in(0, MAX_COUNT), default=None, help="device key (default: first disk)"
+    )
     write.add_argument("--json", action="store_true")
 
     config = sub.add_parser("config", parents=[common], help="show or change the lab's knobs")
-    config.add_argument("--max-changed-areas", type=int, default=None)
-    config.add_argument("--max-epochs", type=int, default=None)
+    config.add_argument("--max-changed-areas", type=int_in(0, MAX_COUNT), default=None)
+    config.add_argument("--max-epochs", type=int_in(2, MAX_COUNT), default=None)
     config.add_argument("--cbt-needs-stun", choices=("true", "false"), default=None)
     config.add_argument("--json", action="store_true")
 
@@ -124,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             vms=[parse_vm_spec(v) for v in args.vm],
             cbt=args.cbt,
             max_changed_areas=args.max_changed_areas,
-            block_size=parse_size(args.block_size),
+            block_size=args.block_size,
         )
         _print_settings(settings, args.json)
     elif command == "status":
@@ -160,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                     f"  change id {d.change_id or '-'}"
                 )
     elif command == "write":
-        offset = parse_size(args.offset)
+        offset = args.offset
         if args.file is not None:
             if args.zero or args.seed is not None:
                 raise UsageError("--zero and --seed go with --length, not --file")
@@ -169,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             data = lab.write(
                 args.vm,
                 offset,
-                length=parse_size(args.length),
+                length=args.length,
                 disk_key=args.disk,
                 zero=args.zero,
                 seed=args.seed,
