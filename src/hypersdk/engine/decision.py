@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from hypersdk.errors import HyperSDKError
+from hypersdk.errors import HyperSDKError, IntegrityError
 from hypersdk.providers.base import CbtStatus, ChangeIdCheck
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
@@ -92,11 +92,21 @@ def decide(
             return _full(f"The last export went to another repository ({last.export_path})")
         try:
             parent = repo.generation(last.vm_id, last.generation)
+        except IntegrityError as err:
+            return _full(f"Previous generation {last.generation} is damaged: {err}")
         except HyperSDKError:
             return _full(f"Previous generation {last.generation} is no longer in {repo.root}")
+        # Both ways: the history names the base, and the base must say the same. Change ids
+        # from a history that does not match its generation would read the changes since
+        # some other point and leave stale blocks in the new generation.
         parent_caps = {d.key: d.capacity_bytes for d in parent.disks}
+        parent_ids = {d.key: d.change_id for d in parent.disks}
         if parent_caps != old_caps:
             return _full(f"Generation {parent.id} does not match the export history")
+        if parent_ids != last.disk_change_ids:
+            return _full(
+                f"The change ids of generation {parent.id} do not match the export history"
+            )
     for key in sorted(before):
         check = check_change_id(key, last.disk_change_ids[key])
         if not check.valid:

@@ -11,6 +11,7 @@ always belong to data that is safe.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ from typing import Any
 from hypersdk.errors import RepositoryError
 from hypersdk.repository.files import fsync_dir, write_atomic
 from hypersdk.repository.layout import safe_name
+
+log = logging.getLogger(__name__)
 
 
 def state_dir() -> Path:
@@ -71,11 +74,81 @@ class ExportRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ExportRecord:
-        doc = dict(doc)
-        doc["disks"] = [DiskEntry(**d) for d in doc.get("disks", [])]
+    def from_json(cls, doc: object) -> ExportRecord:
+        """A record from its JSON; ValueError names the first field of the wrong shape,
+        so a damaged file is skipped instead of failing the decision later."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        _check_fields(doc, _RECORD_FIELDS, _OPTIONAL_FIELDS)
+        disks = []
+        for d in doc["disks"]:
+            if not isinstance(d, dict):
+                raise ValueError("a disk entry is not a JSON object")
+            _check_fields(d, _DISK_FIELDS)
+            disks.append(DiskEntry(**{k: d[k] for k in _DISK_FIELDS}))
+        if not all(isinstance(v, str) for v in doc["disk_change_ids"].values()):
+            raise ValueError("disk_change_ids is not an object of strings")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        rec = cls(**{k: v for k, v in doc.items() if k in known and k != "disks"}, disks=disks)
+        _ = rec.time  # the export time must parse: the age check needs it
+        return rec
+
+
+# Field -> the JSON type it must have (bool is not accepted where an int is meant).
+_DISK_FIELDS: dict[str, type] = {
+    "key": str,
+    "path": str,
+    "capacity_bytes": int,
+    "change_id": str,
+    "backing_info": str,
+}
+_RECORD_FIELDS: dict[str, type] = {
+    "vm_id": str,
+    "vm_name": str,
+    "export_time": str,
+    "snapshot_id": str,
+    "change_id": str,
+    "export_path": str,
+    "total_size": int,
+    "disks": list,
+    "disk_change_ids": dict,
+}
+_OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "platform": str,
+    "locator": str,
+    "generation": str,
+    "repository_id": str,
+    "mode": str,
+    "reason": str,
+    "cbt_enabled": bool,
+    "bytes_read": int,
+    "bytes_stored": int,
+    "duration_s": (int, float),
+    "created": str,
+    "extra": dict,
+}
+
+
+def _check_fields(
+    doc: dict[str, Any],
+    required: dict[str, type],
+    optional: dict[str, type | tuple[type, ...]] | None = None,
+) -> None:
+    for name, kind in required.items():
+        if name not in doc:
+            raise ValueError(f"{name} is missing")
+        if not _is(doc[name], kind):
+            raise ValueError(f"{name} is not of type {kind.__name__}")
+    for name, kinds in (optional or {}).items():
+        if name in doc and not _is(doc[name], kinds):
+            raise ValueError(f"{name} has the wrong type")
+
+
+def _is(value: object, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    return isinstance(value, kinds)
 
 
 class History:
@@ -96,9 +169,9 @@ class History:
             if path.name == "latest.json":
                 continue
             try:
-                out.append(ExportRecord.from_json(json.loads(path.read_text())))
-            except (OSError, ValueError, TypeError, KeyError):
-                continue
+                out.append(ExportRecord.from_json(json.loads(path.read_bytes())))
+            except (OSError, ValueError) as err:
+                log.warning("skipped export history record %s: %s", path, err)
         return sorted(out, key=lambda r: (r.export_time, r.created))
 
     def latest(self, vm_id: str, repository_id: str | None = None) -> ExportRecord | None:
