@@ -138,16 +138,17 @@ class VsphereBackupSession:
         if self._sweep:
             for msg in _snapshots.remove_leftovers(vm, now=now, max_age=max_age):
                 self._say(msg)
-        found = [] if self._sweep else _snapshots.ours(vm, now=now, max_age=max_age)
-        busy = [f for f in found if f.busy]
-        if busy:
-            raise _snapshots.busy_error(vm, busy[0])
-        if found:
-            f = found[0]
-            raise ProviderError(
-                f"VM {vm.name} has snapshot {f.name} left by an interrupted earlier run "
-                f"({f.left_by}); the next export removes it, an estimate removes nothing"
-            )
+        else:
+            found = _snapshots.ours(vm, now=now, max_age=max_age)
+            busy = [f for f in found if f.busy]
+            if busy:
+                raise _snapshots.busy_error(vm, busy[0])
+            if found:
+                f = found[0]
+                raise ProviderError(
+                    f"VM {vm.name} has snapshot {f.name} left by an interrupted earlier run "
+                    f"({f.left_by}); the next export removes it, an estimate removes nothing"
+                )
         others = [str(n.name) for n in _inventory.snapshot_tree(vm)]
         if others:
             raise ProviderError(
