@@ -9,13 +9,20 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha1"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"flag"
 	"fmt"
 	"log"
+	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
@@ -23,6 +30,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -94,6 +102,44 @@ type settings struct {
 	CertFile     string `json:"cert_file"`
 	Thumbprint   string `json:"thumbprint"`
 	BlockSize    int64  `json:"block_size"`
+}
+
+// newCertificate makes a self-signed ECDSA P-256 certificate for the loopback names,
+// usable as its own CA (a client passes vcsim-cert.pem as its CA file).
+func newCertificate() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	ski := sha1.Sum(pub)
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"HyperSDK vcsim lab"}, CommonName: "localhost"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(30 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		SubjectKeyId:          ski[:],
+		AuthorityKeyId:        ski[:],
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 func main() {
@@ -174,7 +220,13 @@ func run() error {
 		return err
 	}
 
-	model.Service.TLS = new(tls.Config)
+	// A fresh certificate per start: govmomi's built-in test certificate is RSA-1024,
+	// which OpenSSL's default security level refuses even as a trusted CA file.
+	labCert, err := newCertificate()
+	if err != nil {
+		return fmt.Errorf("TLS certificate: %w", err)
+	}
+	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{labCert}}
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}
 	srv := model.Service.NewServer()
 	defer srv.Close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hypersdk.cli.hyperctl import main as hyperctl
@@ -74,3 +77,27 @@ def test_cli_start_status_write_stop(
 def test_state_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HYPERSDK_LAB_DIR", str(tmp_path / "env"))
     assert VcsimLab().state_dir == tmp_path / "env"
+
+
+def test_tls_certificate_is_fresh_and_verifies_as_a_ca_file(
+    lab_binary: Path, tmp_path: Path
+) -> None:
+    certs = []
+    for run in ("a", "b"):
+        lab = VcsimLab(tmp_path / run)
+        s = lab.start(vms=[VmSpec("one", (1 << 20,))])
+        try:
+            assert s.cert_file is not None
+            ctx = ssl.create_default_context(cafile=str(s.cert_file))
+            # OpenSSL's default security level: a weak key would fail here
+            assert httpx.get(f"{s.lab_url}/config", verify=ctx).status_code == 200
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                httpx.get(f"{s.lab_url}/config", verify=ssl.create_default_context())
+            pem = s.cert_file.read_text()
+            der = ssl.PEM_cert_to_DER_cert(pem)
+            sha1 = hashlib.sha1(der).hexdigest().upper()
+            assert s.thumbprint.replace(":", "") == sha1
+            certs.append(pem)
+        finally:
+            lab.stop()
+    assert certs[0] != certs[1]  # one per start, never a shared well-known key

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import random
+import socket
+import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -152,9 +157,12 @@ def test_leftover_snapshot_of_a_crashed_run_is_removed(
 ) -> None:
     path = "/DC0/vm/small"
     p = provider_for(path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid of this host whose process has ended
     task = p.vm.CreateSnapshot_Task(
         name="hypersdk-backup-20260101T000000Z-abcdef",
-        description="made by hypersdk host=elsewhere pid=1; safe to delete",
+        # the description format before session ids: still understood
+        description=f"made by hypersdk host={socket.gethostname()} pid={gone.pid}; safe to delete",
         memory=False,
         quiesce=False,
     )
@@ -167,7 +175,7 @@ def test_leftover_snapshot_of_a_crashed_run_is_removed(
         assert s.messages == messages
     assert messages == [
         "removed snapshot hypersdk-backup-20260101T000000Z-abcdef of VM small left by an "
-        "interrupted earlier run"
+        f"interrupted earlier run (pid {gone.pid} on {socket.gethostname()}, which has ended)"
     ]
     assert messages[0] in caplog.text
     assert lab.vm(path).snapshots == 0
@@ -232,12 +240,14 @@ def test_failure_mid_export_removes_the_snapshot_and_commits_nothing(
 class _Handler(BaseHTTPRequestHandler):
     mode = "ignore-range"
     hits = 0
+    seen: ClassVar[list[dict[str, str]]] = []  # the headers of each request
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
         type(self).hits += 1
+        type(self).seen.append(dict(self.headers.items()))
         body = bytes(range(256)) * 16
         if self.mode == "flaky" and type(self).hits < 3:
             self.send_response(503)
@@ -254,8 +264,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.mode == "wrong-range":
             first, last = first + 1, last + 1
         part = body[first : last + 1]
+        total = {"wrong-total": str(len(body) + 512), "star-total": "*"}.get(
+            self.mode, str(len(body))
+        )
         self.send_response(206)
-        self.send_header("Content-Range", f"bytes {first}-{last}/{len(body)}")
+        self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
+        if self.mode == "gzip":  # a server that codes the body although told not to
+            part = gzip.compress(part)
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(part)))
         self.end_headers()
         self.wfile.write(part)
@@ -266,10 +282,13 @@ def server() -> Iterator[Callable[[str], _reader.HttpRangeReader]]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    client = httpx.Client()
+    # the session's own client (its headers, its TLS context; plain HTTP here)
+    client = _reader.make_client(
+        ("vmware_soap_session", "s1"), ssl_context=ssl.create_default_context(), pool=2
+    )
 
     def reader(mode: str) -> _reader.HttpRangeReader:
-        _Handler.mode, _Handler.hits = mode, 0
+        _Handler.mode, _Handler.hits, _Handler.seen = mode, 0, []
         url = f"http://127.0.0.1:{srv.server_address[1]}/folder/x-flat.vmdk"
         return _reader.HttpRangeReader(client, url, 4096, "disk-2000", backoff=0.01)
 
@@ -296,3 +315,21 @@ def test_transient_errors_are_retried_then_reported(server: Any) -> None:
     with pytest.raises(ConnectionFailed, match="failed 4 times: ConnectError") as err:
         dead.pread(0, 10)
     assert isinstance(err.value, ProviderError)
+
+
+def test_reads_ask_for_identity_coding_and_check_the_file_size(server: Any) -> None:
+    r = server("exact")
+    assert r.pread(0, 16) == bytes(range(16))
+    (headers,) = _Handler.seen
+    assert headers["Accept-Encoding"] == "identity"
+    assert headers["Range"] == "bytes=0-15"
+    assert headers["Cookie"] == "vmware_soap_session=s1"
+    # the right range of a file of another size is another file, not the disk
+    with pytest.raises(ProviderError, match="the datastore file is 4608 bytes long by its "):
+        server("wrong-total").pread(0, 16)
+    assert _Handler.hits == 1  # not retried: it would not change
+    with pytest.raises(ProviderError, match="did not say the datastore file's size") as err:
+        server("star-total").pread(0, 16)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ProviderError, match="gzip-coded body although Accept-Encoding"):
+        server("gzip").pread(0, 16)

@@ -2,6 +2,11 @@
 
 The password is used once, for the login call, and is never part of a message, a repr
 or the object itself after login.
+
+TLS: one ``ssl.SSLContext`` per connection, built by ``tls_context`` from the settings,
+serves the SOAP login and every HTTPS datastore read of the connection's sessions: the
+system trust store plus the optional CA file(s) of ``VsphereSettings.ca_file``, host
+names checked; ``insecure`` turns verification off for both, never for one alone.
 """
 
 from __future__ import annotations
@@ -10,14 +15,15 @@ import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from hypersdk.errors import ConnectionFailed, HyperSDKError, UsageError
-from hypersdk.providers.connection import VsphereSettings
+from hypersdk.errors import ConnectionFailed, HyperSDKError, ProviderError, UsageError
+from hypersdk.providers.connection import CA_FILE_ENV, VsphereSettings
 from hypersdk.providers.vsphere._faults import fault_message, translate
 
 log = logging.getLogger(__name__)
@@ -58,13 +64,52 @@ def parse_server(server: str) -> Endpoint:
     return Endpoint(parts.hostname, port, path)
 
 
-class VsphereConnection:
-    """A logged-in pyVmomi service instance."""
+def tls_context(settings: VsphereSettings) -> ssl.SSLContext:
+    """The TLS context of one connection: system store plus ``settings.ca_files``, or
+    no verification at all when ``settings.insecure``."""
+    ctx = _default_context(settings.insecure)
+    if settings.insecure:
+        return ctx
+    for path in settings.ca_files:
+        try:
+            ctx.load_verify_locations(cafile=path)
+        except ssl.SSLError as err:  # before OSError, its base class
+            raise UsageError(
+                f"the vSphere CA file {path} holds no usable PEM certificate ({err.reason})"
+            ) from None
+        except OSError as err:
+            raise UsageError(
+                f"cannot read the vSphere CA file {path}: {err.strerror or err}"
+            ) from None
+    return ctx
 
-    def __init__(self, si: Any, endpoint: Endpoint, insecure: bool) -> None:
+
+def _default_context(insecure: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class VsphereConnection:
+    """A logged-in pyVmomi service instance and the TLS context it was made with."""
+
+    def __init__(
+        self,
+        si: Any,
+        endpoint: Endpoint,
+        insecure: bool,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        foreign_snapshot_max_age: timedelta = timedelta(hours=24),
+    ) -> None:
         self.si = si
         self.endpoint = endpoint
         self.insecure = insecure
+        # Data reads reuse the login's context: what was verified once is what is read.
+        self.ssl_context = ssl_context if ssl_context is not None else _default_context(insecure)
+        self.foreign_snapshot_max_age = foreign_snapshot_max_age
         self.content = si.RetrieveContent()
         self._closed = False
 
@@ -72,11 +117,7 @@ class VsphereConnection:
     def connect(cls, settings: VsphereSettings) -> VsphereConnection:
         ep = parse_server(settings.server)
         where = f"{ep.host}:{ep.port}"
-        kwargs: dict[str, Any] = {}
-        if settings.insecure:
-            kwargs["disableSslCertValidation"] = True
-        else:
-            kwargs["sslContext"] = ssl.create_default_context()
+        ctx = tls_context(settings)
         try:
             si = SmartConnect(  # type: ignore[no-untyped-call]
                 host=ep.host,
@@ -84,7 +125,7 @@ class VsphereConnection:
                 path=ep.path,
                 user=settings.username,
                 pwd=settings.password,
-                **kwargs,
+                sslContext=ctx,
             )
         except vim.fault.InvalidLogin as err:
             raise ConnectionFailed(
@@ -94,7 +135,8 @@ class VsphereConnection:
         except ssl.SSLCertVerificationError as err:
             raise ConnectionFailed(
                 f"cannot verify the TLS certificate of vSphere {where} ({err.verify_message}); "
-                "install its CA certificate or pass --insecure (GOVC_INSECURE=1)"
+                f"trust its CA with --ca-file ({' or '.join(CA_FILE_ENV)}), "
+                "or pass --insecure (GOVC_INSECURE=1)"
             ) from err
         except ssl.SSLError as err:
             raise ConnectionFailed(
@@ -113,10 +155,28 @@ class VsphereConnection:
         except Exception as err:  # pyVmomi raises a bare Exception for "not a VIM server"
             text = " ".join(str(err).replace(settings.password or "\0", "***").split())
             raise ConnectionFailed(f"cannot connect to vSphere {where}: {text}") from err
-        return cls(si, ep, settings.insecure)
+        return cls(
+            si,
+            ep,
+            settings.insecure,
+            ssl_context=ctx,
+            foreign_snapshot_max_age=timedelta(hours=settings.foreign_snapshot_max_age_hours),
+        )
 
     def translate(self, what: str) -> contextlib.AbstractContextManager[None]:
         return translate(what, f"{self.endpoint.host}:{self.endpoint.port}")
+
+    def server_time(self) -> datetime:
+        """The server's clock (snapshot ages are measured on it, not on ours)."""
+        with self.translate("reading the server's time"):
+            now = self.si.CurrentTime()
+        if not isinstance(now, datetime):
+            raise ProviderError(f"vSphere {self.endpoint.host} gave no current time")
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+
+    def vm_key(self, vm: Any) -> str:
+        """Names one VM of one server within this process."""
+        return f"{self.endpoint.netloc}{self.endpoint.path}#{vm._moId}"
 
     def session_cookie(self) -> tuple[str, str]:
         """(name, value) of the SOAP session cookie, value as the server sent it."""

@@ -1,4 +1,9 @@
-"""The provider facade: ``hypersdk.providers.base.Provider`` for one vSphere VM."""
+"""The provider facade: ``hypersdk.providers.base.Provider`` for one vSphere VM.
+
+Only ``open_backup`` (an export) removes leftover snapshots of earlier runs. Status and
+change id checks only read; ``estimate_changes`` takes and removes a short snapshot of its
+own and nothing else; a CBT change's stun snapshot is registered like a session's.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.vsphere import _inventory, _snapshots
 from hypersdk.providers.vsphere._connection import VsphereConnection
 from hypersdk.providers.vsphere._inventory import VsphereDisk
+from hypersdk.providers.vsphere._live import LIVE
 from hypersdk.providers.vsphere._session import DEFAULT_POOL, VsphereBackupSession
 
 log = logging.getLogger(__name__)
@@ -140,12 +146,18 @@ class VsphereProvider:
         """A CBT change takes effect at a stun/unstun: create and remove a snapshot."""
         vm = self._vm
         name = _snapshots.new_name(_snapshots.STUN_PREFIX)
+        session_id = _snapshots.new_session_id()
+        LIVE.register(session_id, name)
         try:
-            snap = _snapshots.create(vm, name)
-        except BaseException:
-            _snapshots.remove_by_name(vm, name)
-            raise
-        _snapshots.remove(snap, name)
+            with LIVE.vm_guard(self._conn.vm_key(vm)):
+                try:
+                    snap = _snapshots.create(vm, name, session_id)
+                except BaseException:
+                    _snapshots.remove_by_name(vm, name)
+                    raise
+            _snapshots.remove(snap, name)
+        finally:
+            LIVE.unregister(name)
 
     def enable_cbt(self) -> None:
         self._set_cbt(True)
@@ -183,8 +195,9 @@ class VsphereProvider:
 
     def estimate_changes(self, since: Mapping[str, str]) -> EstimatedChanges:
         """Exact: a short-lived snapshot (always removed) and QueryChangedDiskAreas
-        against it, without reading data. A powered-on VM cannot be queried without one."""
-        with self._open(since, read_data=False) as session:
+        against it, without reading data. A powered-on VM cannot be queried without one.
+        Removes no snapshot it did not make: a VM with any snapshot is refused."""
+        with self._open(since, read_data=False, sweep=False) as session:
             per_disk = {
                 d.key: sum(e.length for e in d.changed or [])
                 if d.changed is not None
@@ -196,20 +209,23 @@ class VsphereProvider:
             raise NotFoundError(f"disk {sorted(missing)[0]} not found")
         return EstimatedChanges(per_disk=per_disk, exact=True)
 
-    def _open(self, since: Mapping[str, str] | None, *, read_data: bool) -> VsphereBackupSession:
+    def _open(
+        self, since: Mapping[str, str] | None, *, read_data: bool, sweep: bool
+    ) -> VsphereBackupSession:
         session = VsphereBackupSession(
             self._conn,
             self._vm,
             since,
             quiesce=self.quiesce,
             read_data=read_data,
+            sweep=sweep,
             pool=self.pool,
             on_message=self.on_message,
         )
         return session.start()
 
     def open_backup(self, since: Mapping[str, str] | None) -> VsphereBackupSession:
-        return self._open(since, read_data=True)
+        return self._open(since, read_data=True, sweep=True)
 
     def backup_committed(self, change_ids: Mapping[str, str]) -> None:
         """Nothing to drop: vSphere keeps the tracking state itself."""

@@ -2,19 +2,25 @@
 
 Start (any failure tears down what was built, then raises):
 
-1. remove snapshots left by a crashed run of this tool (and say so);
+1. an export session (``sweep=True``) removes snapshots left by a crashed run of this
+   tool (and says so) and refuses while one of ours is busy (``_snapshots``); the
+   estimate's session (``sweep=False``) removes nothing it did not create;
 2. refuse a VM that has other snapshots: the backup snapshot's disks would be delta
    disks, which cannot be read over ``/folder``;
-3. create ``hypersdk-backup-<utc>-<rand>`` (memory off, quiesce optional);
+3. register ``hypersdk-backup-<utc>-<rand>`` as live in this process (``_live``), then
+   create it (memory off, quiesce optional); steps 1-3 hold the process's guard of the
+   VM, so two sessions of this process cannot both pass step 2;
 4. from the SNAPSHOT's ``config.hardware`` (not the VM's live config) take each disk's
    file name, capacity and change id, refuse any disk that is not a flat base disk;
 5. per disk, page ``QueryChangedDiskAreas(snapshot, key, offset, since or "*")``; a CBT
    VM with no previous change id asks "*" (allocated areas, the rest reads as zero); a
    VM without CBT reads every byte;
-6. one HTTPS Range reader per disk on the snapshot's flat file.
+6. one HTTPS Range reader per disk on the snapshot's flat file, through the
+   connection's TLS context (the one the login verified).
 
 ``__exit__`` always closes the HTTP client and removes the snapshot, on errors and
-Ctrl-C too. A snapshot create interrupted mid-wait is found by name and removed.
+Ctrl-C too, then unregisters it. A snapshot create interrupted mid-wait is found by
+name and removed.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from hypersdk.errors import (
 from hypersdk.providers.vsphere import _changed, _inventory, _reader, _snapshots
 from hypersdk.providers.vsphere._connection import VsphereConnection
 from hypersdk.providers.vsphere._inventory import VsphereDisk
+from hypersdk.providers.vsphere._live import LIVE
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class VsphereBackupSession:
         *,
         quiesce: bool = False,
         read_data: bool = True,
+        sweep: bool = True,
         pool: int = DEFAULT_POOL,
         on_message: Callable[[str], None] | None = None,
     ) -> None:
@@ -58,13 +66,16 @@ class VsphereBackupSession:
         self._since = dict(since) if since is not None else None
         self._quiesce = quiesce
         self._read_data = read_data
+        self._sweep = sweep
         self._pool = pool
         self._on_message = on_message
         self.name = _snapshots.new_name(_snapshots.BACKUP_PREFIX)
+        self.session_id = _snapshots.new_session_id()
         self.messages: list[str] = []
         self.query_calls = 0
         self._snapshot: Any = None
         self._snapshot_pending = False
+        self._registered = False
         self._client: httpx.Client | None = None
         self._disks: list[DiskSnapshot] = []
         self._closed = False
@@ -93,21 +104,18 @@ class VsphereBackupSession:
 
     def _start(self) -> None:
         vm = self._vm
-        for msg in _snapshots.remove_leftovers(vm):
-            self._say(msg)
-        others = [str(n.name) for n in _inventory.snapshot_tree(vm)]
-        if others:
-            raise ProviderError(
-                f"VM {vm.name} already has snapshots ({', '.join(others[:3])}): its disks are "
-                "delta disks, which cannot be read over HTTPS; delete or consolidate the "
-                "snapshots, then export again"
+        with LIVE.vm_guard(self._conn.vm_key(vm)):
+            self._check_snapshots(vm)
+            for disk in _inventory.disks(vm.config):
+                refusal = disk.read_refusal()
+                if refusal:
+                    raise ProviderError(refusal)
+            LIVE.register(self.session_id, self.name)  # before it exists: never a leftover
+            self._registered = True
+            self._snapshot_pending = True
+            self._snapshot = _snapshots.create(
+                vm, self.name, self.session_id, quiesce=self._quiesce
             )
-        for disk in _inventory.disks(vm.config):
-            refusal = disk.read_refusal()
-            if refusal:
-                raise ProviderError(refusal)
-        self._snapshot_pending = True
-        self._snapshot = _snapshots.create(vm, self.name, quiesce=self._quiesce)
         disks = _inventory.disks(self._snapshot.config, _inventory.vm_cbt_reason(vm))
         if not disks:
             raise ProviderError(f"VM {vm.name} has no virtual disks")
@@ -118,11 +126,36 @@ class VsphereBackupSession:
         self._check_since(disks)
         if self._read_data:
             self._client = _reader.make_client(
-                self._conn.session_cookie(), insecure=self._conn.insecure, pool=self._pool
+                self._conn.session_cookie(), ssl_context=self._conn.ssl_context, pool=self._pool
             )
         dc_path = _inventory.datacenter_path(vm) if self._read_data else ""
         for disk in disks:
             self._disks.append(self._disk_snapshot(disk, dc_path))
+
+    def _check_snapshots(self, vm: Any) -> None:
+        """Sweep (export) or only look (estimate); then the VM must have no snapshot."""
+        now, max_age = self._conn.server_time, self._conn.foreign_snapshot_max_age
+        if self._sweep:
+            for msg in _snapshots.remove_leftovers(vm, now=now, max_age=max_age):
+                self._say(msg)
+        else:
+            found = _snapshots.ours(vm, now=now, max_age=max_age)
+            busy = [f for f in found if f.busy]
+            if busy:
+                raise _snapshots.busy_error(vm, busy[0])
+            if found:
+                f = found[0]
+                raise ProviderError(
+                    f"VM {vm.name} has snapshot {f.name} left by an interrupted earlier run "
+                    f"({f.left_by}); the next export removes it, an estimate removes nothing"
+                )
+        others = [str(n.name) for n in _inventory.snapshot_tree(vm)]
+        if others:
+            raise ProviderError(
+                f"VM {vm.name} already has snapshots ({', '.join(others[:3])}): its disks are "
+                "delta disks, which cannot be read over HTTPS; delete or consolidate the "
+                "snapshots, then export again"
+            )
 
     def _check_since(self, disks: list[VsphereDisk]) -> None:
         if self._since is None:
@@ -186,17 +219,24 @@ class VsphereBackupSession:
                 self._client.close()
             except Exception as err:
                 errors.append(f"closing the HTTP client: {err}")
-        if self._snapshot_pending:
-            try:
-                self._remove_snapshot()
-            except HyperSDKError as err:
-                errors.append(str(err))
-            except BaseException as err:  # Ctrl-C during removal: try once more, then stop
-                interrupted = err
+        try:
+            if self._snapshot_pending:
                 try:
                     self._remove_snapshot()
-                except BaseException as again:
-                    errors.append(f"removing snapshot {self.name}: {again!r}")
+                except HyperSDKError as err:
+                    errors.append(str(err))
+                except BaseException as err:  # Ctrl-C during removal: try once more, then stop
+                    interrupted = err
+                    try:
+                        self._remove_snapshot()
+                    except BaseException as again:
+                        errors.append(f"removing snapshot {self.name}: {again!r}")
+        finally:
+            # Removed, or given up on: what is left is a leftover of this process now,
+            # which the next export of the VM removes.
+            if self._registered:
+                LIVE.unregister(self.name)
+                self._registered = False
         for e in errors:
             log.warning("backup cleanup: %s", e)
         if interrupted is not None:
