@@ -86,6 +86,10 @@ def test_hyperexport_takes_the_ca_file_from_the_environment(cli: Cli, lab: Vcsim
     proc = cli.run("hyperexport", *args[:-1], env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "cannot read the vSphere CA file" in proc.stderr
+    # --ca-file wins over both variables
+    proc = cli.run("hyperexport", *args, "--ca-file", cert, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["mode"] == "full"
 
 
 def test_settings_read_the_ca_file_and_the_foreign_snapshot_age() -> None:

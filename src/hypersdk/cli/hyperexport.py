@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="do not verify the vSphere TLS certificate (else GOVC_INSECURE=1)",
     )
+    p.add_argument(
+        "--ca-file",
+        help="PEM file(s), ':'-separated, trusted for vSphere besides the system store "
+        "(else HYPERSDK_VSPHERE_CA_FILE or GOVC_TLS_CA_CERTS)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return p
@@ -124,7 +129,7 @@ def vsphere_settings(args: argparse.Namespace) -> VsphereSettings | None:
     if args.vm.startswith(QEMU_PREFIXES):
         return None
     settings = VsphereSettings.resolve(
-        server=args.server, username=args.username, insecure=args.insecure
+        server=args.server, username=args.username, insecure=args.insecure, ca_file=args.ca_file
     )
     if settings is None or settings.password:
         return settings
@@ -135,7 +140,11 @@ def vsphere_settings(args: argparse.Namespace) -> VsphereSettings | None:
         )
     password = getpass.getpass(f"Password for {settings.username} on {settings.server}: ")
     return VsphereSettings.resolve(
-        server=args.server, username=args.username, password=password, insecure=args.insecure
+        server=args.server,
+        username=args.username,
+        password=password,
+        insecure=args.insecure,
+        ca_file=args.ca_file,
     )
 
 
