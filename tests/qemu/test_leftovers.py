@@ -62,6 +62,7 @@ def leftover(
     *,
     marker: bool = True,
     name: str = "x",
+    kind: str = "qmp",
 ) -> Path:
     """A folder as a session of ``maker`` would have left it (``nbd.sock`` included)."""
     folder = tmp / f"hypersdk-qemu-{sid.replace('x', '-')}-{name}"
@@ -72,7 +73,7 @@ def leftover(
     if marker:
         doc = {
             "format": 1,
-            "kind": "qmp",
+            "kind": kind,
             "session": sid,
             "maker": {
                 "pid": maker,
@@ -276,8 +277,40 @@ def test_orphan_folders_of_a_gone_qemu(tmp_path: Path, session_tmp: Path) -> Non
         QemuStorageDaemon(tmp_path / "other", size=16 * MiB) as other,
     ):
         orphan = leftover(session_tmp, f"{dead}x0e0e", gone_qemu, dead)
+        offline = leftover(session_tmp, f"{dead}x0e0f", None, dead, kind="qcow2")
         kept = leftover(session_tmp, f"{dead}x0f0f", qemu_of(other), dead)
+        unknown = leftover(session_tmp, f"{dead}x0f0e", None, dead)  # QEMU not known
         with open_qemu_provider(qsd.locator) as p, p.open_backup(None):
             pass
-        assert not orphan.exists()
-        assert kept.exists()
+        assert not orphan.exists() and not offline.exists()
+        assert kept.exists() and unknown.exists()
+
+
+def test_dead_sessions_nbd_server_serving_others_is_kept(tmp_path: Path, session_tmp: Path) -> None:
+    """The NBD server a dead session started, to which someone added an export of
+    their own since: it stays up, and the error names its socket for ?nbd=."""
+    with QemuStorageDaemon(tmp_path / "qsd", size=16 * MiB, nbd_server=False) as qsd:
+        env = {**os.environ, "TMPDIR": str(session_tmp)}
+        child = subprocess.Popen(
+            [sys.executable, "-c", CRASHING_SESSION, qsd.locator],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert child.stdout is not None
+        sid, folder = child.stdout.readline().split()
+        child.kill()
+        child.wait()
+        sock = Path(folder) / "nbd.sock"
+        qsd.qmp(
+            "block-export-add", type="nbd", id="someone", name="someone", **{"node-name": "disk0"}
+        )
+
+        with open_qemu_provider(qsd.locator) as p, pytest.raises(ConflictError) as info:
+            p.open_backup(None)
+        assert f"qemu:{qsd.qmp_path}?nbd={sock}" in str(info.value)
+        assert not named(qsd, sid)  # the dead session's own objects went
+        assert answers(sock, "someone")
+        with open_qemu_provider(f"{qsd.locator}?nbd={sock}") as p, p.open_backup(None) as s:
+            assert s.disks[0].reader.pread(0, 512) == bytes(512)
+        assert answers(sock, "someone")
