@@ -314,3 +314,43 @@ def test_dead_sessions_nbd_server_serving_others_is_kept(tmp_path: Path, session
         with open_qemu_provider(f"{qsd.locator}?nbd={sock}") as p, p.open_backup(None) as s:
             assert s.disks[0].reader.pread(0, 512) == bytes(512)
         assert answers(sock, "someone")
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        "not json",
+        "wrong shape",
+        "other session",
+        "marker is a symlink",
+        "folder is a symlink",
+        "group-writable marker of another owner",
+    ],
+)
+def test_a_marker_that_proves_nothing_is_not_read(session_tmp: Path, spoil: str) -> None:
+    """Only a well-formed marker of ours, in a real folder of ours, naming the folder's
+    own session, counts as proof."""
+    dead = dead_pid()
+    qemu = {"pid": 1, "start": 1, "uid": 0, "qmp_path": "/q", "qmp_dev": 1, "qmp_ino": 1}
+    folder = leftover(session_tmp, f"{dead}x1a1a", qemu, dead)
+    assert _stale.read_marker(folder) is not None
+    marker = folder / "session.json"
+    doc = json.loads(marker.read_text())
+    if spoil == "not json":
+        marker.write_text("{")
+    elif spoil == "wrong shape":
+        marker.write_text(json.dumps({**doc, "maker": [1, 2]}))
+    elif spoil == "other session":
+        marker.write_text(json.dumps({**doc, "session": f"{dead}x2b2b"}))
+    elif spoil == "marker is a symlink":
+        real = session_tmp / "elsewhere.json"
+        marker.rename(real)
+        marker.symlink_to(real)
+    elif spoil == "folder is a symlink":
+        moved = folder.rename(session_tmp / "real-folder")
+        folder.symlink_to(moved)
+    else:
+        os.chown(marker, pwd.getpwnam("nobody").pw_uid, -1)
+        marker.chmod(0o666)
+    assert _stale.read_marker(folder) is None
+    assert not _stale.find(None).orphans  # and it is no orphan either

@@ -146,9 +146,12 @@ def _pidns() -> int | None:
 
 
 def _gone(pid: int, start: int) -> bool:
-    """Whether the process that had ``pid`` and ``start`` no longer runs."""
+    """Whether the process that had ``pid`` and ``start`` no longer runs (with an
+    unknown start time only a dead pid counts)."""
     now = _start_time(pid)
-    return now is None or (now != _UNKNOWN and now != start)
+    if now is None:
+        return True
+    return _UNKNOWN not in (now, start) and now != start
 
 
 # --- identities and markers ---------------------------------------------------------
@@ -314,8 +317,8 @@ def find(qemu: QemuId | None) -> Leftovers:
         marker = read_marker(entry)
         if marker is None or not _maker_gone(marker):
             continue
-        mine = marker.kind == "qmp" and marker.qemu is not None
-        if mine and qemu is not None and marker.qemu is not None and qemu.same(marker.qemu):
+        same = qemu is not None and marker.qemu is not None and qemu.same(marker.qemu)
+        if marker.kind == "qmp" and same:
             found.ours[marker.session] = entry
             continue
         if _qemu_gone(marker):
