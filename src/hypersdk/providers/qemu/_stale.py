@@ -2,9 +2,10 @@
 
 A session's exports, jobs and fleecing nodes are named ``hypersdk-<sid>-<i>-<what>``
 (``sid`` = our pid, ``x``, 4 hex digits) and its files live in a private temp folder
-``<tmp>/hypersdk-qemu-<pid>-<4 hex>-<random>``. If the session dies without its teardown, its
-sync=none backup job would keep copying every guest write into a fleecing file nobody
-reads, for as long as the VM runs. The next session on the same QEMU removes it.
+``<tmp>/hypersdk-qemu-<pid>-<4 hex>-<random>``. If the session dies without its
+teardown, its sync=none backup job would keep copying every guest write into a fleecing
+file nobody reads, for as long as the VM runs. The next session on the same QEMU
+removes it. Names only say where to look; what proves a leftover is the marker.
 
 Proof, not names. Before it creates anything in QEMU, a session writes a marker file
 ``session.json`` into its folder (folder 0700, marker 0600, both ours)::
