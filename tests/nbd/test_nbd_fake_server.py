@@ -213,3 +213,77 @@ def test_broken_reply_fails_the_connection(
             client.pread(0, 10)
         with pytest.raises(NbdProtocolError, match=message):
             client.pread(0, 10)  # the client stays failed, it does not hang
+
+
+def send_chunks(conn: socket.socket, cookie: int, chunks: list[tuple[int, bytes]]) -> None:
+    for i, (rtype, payload) in enumerate(chunks):
+        flags = p.REPLY_FLAG_DONE if i == len(chunks) - 1 else 0
+        conn.sendall(p.encode_chunk_header(flags, rtype, cookie, len(payload)) + payload)
+
+
+def data(offset: int, length: int) -> tuple[int, bytes]:
+    return p.REPLY_TYPE_OFFSET_DATA, p.encode_offset_data(offset, content(offset, length))
+
+
+def hole(offset: int, length: int) -> tuple[int, bytes]:
+    return p.REPLY_TYPE_OFFSET_HOLE, p.encode_offset_hole(offset, length)
+
+
+# Each script answers a read of 100 bytes at offset 1000 in a way the protocol forbids.
+BAD_READ_REPLIES = {
+    # 80 of 100 bytes: bytes 1050..1070 would keep whatever the buffer held
+    "partial": ([data(1000, 50), hole(1070, 30)], "20 bytes at offset 1050 were never sent"),
+    # 50 + 50 = 100 bytes, but twice the first half and never the second
+    "overlap": ([data(1000, 50), hole(1000, 50)], "overlapping an earlier chunk"),
+    "overlap inside": ([hole(1000, 100), data(1040, 10)], "overlapping an earlier chunk"),
+    "outside after": ([data(1000, 90), hole(1090, 20)], "outside the read of 100 bytes"),
+    "outside before": ([hole(990, 20), data(1010, 90)], "outside the read of 100 bytes"),
+    "empty chunk": ([data(1000, 100), data(1100, 0)], "empty data chunk"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_READ_REPLIES))
+def test_read_reply_must_cover_the_request_exactly_once(
+    serve: Callable[..., str], case: str
+) -> None:
+    """A non-conforming server never leaves stale bytes in the caller's buffer: a reply
+    whose chunks leave a gap, overlap or leave the request fails the read."""
+    chunks, message = BAD_READ_REPLIES[case]
+
+    def handler(conn: socket.socket, req: p.Request) -> None:
+        assert (req.offset, req.length) == (1000, 100)
+        send_chunks(conn, req.cookie, chunks)
+
+    sock = serve(handler)
+    buffer = bytearray(b"\xee" * 100)  # what a previous read left in a reused buffer
+    with NbdClient.connect(sock) as client, pytest.raises(NbdProtocolError, match=message):
+        client.pread_into(1000, buffer)
+
+
+def test_read_reply_in_many_chunks_any_order(serve: Callable[..., str]) -> None:
+    """Chunks that tile the request in any order, touching each other, are accepted."""
+    pieces = [(1000 + i * 10, 10) for i in range(10)]
+    order = [3, 0, 9, 1, 2, 8, 4, 6, 5, 7]
+    chunks = [hole(*pieces[i]) if i % 3 == 0 else data(*pieces[i]) for i in order]
+
+    def handler(conn: socket.socket, req: p.Request) -> None:
+        send_chunks(conn, req.cookie, chunks)
+
+    sock = serve(handler)
+    expected = b"".join(bytes(10) if i % 3 == 0 else content(1000 + i * 10, 10) for i in range(10))
+    buffer = bytearray(b"\xee" * 100)
+    with NbdClient.connect(sock) as client:
+        client.pread_into(1000, buffer)
+    assert bytes(buffer) == expected
+
+
+def test_read_coverage_merges_ranges() -> None:
+    cov = p.ReadCoverage(1000, 100)
+    assert cov.first_gap() == (1000, 100)
+    assert cov.add(1050, 10, "data") == 50
+    assert cov.add(1070, 30, "data") == 70
+    assert cov.first_gap() == (1000, 50)
+    assert cov.add(1000, 50, "data") == 0
+    assert cov.first_gap() == (1060, 10) and cov.covered == 90 and not cov.complete()
+    cov.add(1060, 10, "a hole")
+    assert cov.complete() and cov.first_gap() is None and cov.covered == 100

@@ -225,3 +225,28 @@ def test_parse_address(address: str, expected: tuple[str, object]) -> None:
 def test_parse_bad_address() -> None:
     with pytest.raises(NbdError, match="invalid NBD address"):
         _parse_address("tcp:host:port")
+
+
+@given(st.lists(st.tuples(st.integers(-5, 70), st.integers(0, 30)), max_size=12))
+def test_read_coverage_matches_a_byte_map(chunks: list[tuple[int, int]]) -> None:
+    """ReadCoverage accepts a chunk exactly when it is non-empty, inside the request and
+    disjoint from the accepted ones, and reports the first byte nobody set."""
+    cov = p.ReadCoverage(100, 64)
+    seen = [False] * 64
+    for rel, length in chunks:
+        ok = length > 0 and rel >= 0 and rel + length <= 64
+        ok = ok and not any(seen[rel : rel + length])
+        if ok:
+            assert cov.add(100 + rel, length, "data") == rel
+            seen[rel : rel + length] = [True] * length
+        else:
+            with pytest.raises(p.NbdProtocolError):
+                cov.add(100 + rel, length, "data")
+    assert cov.covered == sum(seen)
+    assert cov.complete() == all(seen)
+    if all(seen):
+        assert cov.first_gap() is None
+    else:
+        first = seen.index(False)
+        end = seen.index(True, first) if True in seen[first:] else 64
+        assert cov.first_gap() == (100 + first, end - first)

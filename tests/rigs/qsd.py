@@ -174,7 +174,8 @@ class _Process:
 
 class QemuStorageDaemon(_Process):
     """qemu-storage-daemon with one qcow2 disk (node ``node_name``) and an NBD server on
-    a unix socket that serves the disk WRITABLE as export ``export_name``."""
+    a unix socket that serves the disk WRITABLE as export ``export_name`` (without
+    ``nbd_server`` it runs no NBD server, like a VM: the code under test starts one)."""
 
     name = "qemu-storage-daemon"
 
@@ -184,14 +185,18 @@ class QemuStorageDaemon(_Process):
         size: int = 64 * MiB,
         node_name: str = "disk0",
         image: Path | None = None,
+        nbd_server: bool = True,
     ) -> None:
         super().__init__(workdir, size, node_name, image)
         self.export_name = "guest"
         self.nbd_path = self.workdir / "nbd.sock"
+        self.nbd_server = nbd_server
         self._guest: Any = None
 
     @property
     def locator(self) -> str:
+        if not self.nbd_server:
+            return f"qemu:{self.qmp_path}"
         return f"qemu:{self.qmp_path}?nbd={self.nbd_path}"
 
     @property
@@ -199,14 +204,14 @@ class QemuStorageDaemon(_Process):
         return f"nbd+unix:///{self.export_name}?socket={self.nbd_path}"
 
     def _argv(self) -> list[str]:
-        return [
-            "qemu-storage-daemon",
-            *self._monitor_args("--"),
-            *self._blockdev_args("--"),
-            "--nbd-server", f"addr.type=unix,addr.path={self.nbd_path}",
-            "--export", f"type=nbd,id={self.export_name},node-name={self.node_name},"
-            f"name={self.export_name},writable=on",
-        ]  # fmt: skip
+        argv = ["qemu-storage-daemon", *self._monitor_args("--"), *self._blockdev_args("--")]
+        if self.nbd_server:
+            argv += [
+                "--nbd-server", f"addr.type=unix,addr.path={self.nbd_path}",
+                "--export", f"type=nbd,id={self.export_name},node-name={self.node_name},"
+                f"name={self.export_name},writable=on",
+            ]  # fmt: skip
+        return argv
 
     # --- "guest" I/O through the writable NBD export ---------------------------------
 

@@ -108,7 +108,7 @@ class _Request:
         "command",
         "context_id",
         "cookie",
-        "covered",
+        "coverage",
         "error",
         "event",
         "extents",
@@ -130,7 +130,8 @@ class _Request:
         self.buffer = buffer
         self.context_id = context_id
         self.cookie = 0
-        self.covered = 0
+        # which bytes of a read the reply set; a simple reply sets them all at once
+        self.coverage = p.ReadCoverage(offset, length) if command == p.CMD_READ else None
         self.error: NbdError | None = None
         self.event = threading.Event()
         self.extents: list[tuple[int, int]] | None = None
@@ -570,7 +571,8 @@ class NbdClient:
             elif request.command == p.CMD_READ:
                 assert request.buffer is not None
                 reader.read_into(request.buffer)
-                request.covered = request.length
+                assert request.coverage is not None
+                request.coverage.add(request.offset, request.length, "simple reply data")
             elif request.command == p.CMD_BLOCK_STATUS:
                 raise NbdProtocolError("NBD server sent a simple reply to block status")
             self._complete(request)
@@ -584,16 +586,15 @@ class NbdClient:
             if chunk.length < 8:
                 raise NbdProtocolError("NBD_REPLY_TYPE_OFFSET_DATA chunk is too short")
             (data_offset,) = p.U64.unpack(reader.read(8))
-            start = self._chunk_start(request, data_offset, chunk.length - 8)
-            assert request.buffer is not None
-            reader.read_into(request.buffer[start : start + chunk.length - 8])
-            request.covered += chunk.length - 8
+            assert request.buffer is not None and request.coverage is not None
+            n = chunk.length - 8
+            start = request.coverage.add(data_offset, n, "data")
+            reader.read_into(request.buffer[start : start + n])
         elif rtype == p.REPLY_TYPE_OFFSET_HOLE and request.command == p.CMD_READ:
             hole_offset, hole_len = p.decode_offset_hole(reader.read(chunk.length))
-            start = self._chunk_start(request, hole_offset, hole_len)
-            assert request.buffer is not None
+            assert request.buffer is not None and request.coverage is not None
+            start = request.coverage.add(hole_offset, hole_len, "a hole")
             request.buffer[start : start + hole_len] = bytes(hole_len)
-            request.covered += hole_len
         elif rtype == p.REPLY_TYPE_BLOCK_STATUS and request.command == p.CMD_BLOCK_STATUS:
             context_id, extents = p.decode_block_status(reader.read(chunk.length))
             if context_id == request.context_id:
@@ -615,10 +616,14 @@ class NbdClient:
             raise NbdProtocolError(f"NBD server sent reply type {rtype} to {request.describe()}")
         if chunk.done:
             if request.error is None:
-                if request.command == p.CMD_READ and request.covered != request.length:
+                gap = request.coverage.first_gap() if request.coverage is not None else None
+                if gap is not None:
+                    assert request.coverage is not None
                     request.fail(
                         NbdProtocolError(
-                            f"NBD server answered {request.describe()} with {request.covered} bytes"
+                            f"NBD server answered {request.describe()} with "
+                            f"{request.coverage.covered} bytes: {gap[1]} bytes at offset "
+                            f"{gap[0]} were never sent"
                         )
                     )
                 elif request.command == p.CMD_BLOCK_STATUS and not request.extents:
@@ -626,16 +631,6 @@ class NbdClient:
                         NbdProtocolError(f"NBD server returned no extents for {request.describe()}")
                     )
             self._complete(request)
-
-    @staticmethod
-    def _chunk_start(request: _Request, chunk_offset: int, length: int) -> int:
-        start = chunk_offset - request.offset
-        if start < 0 or start + length > request.length:
-            raise NbdProtocolError(
-                f"NBD server sent {length} bytes at offset {chunk_offset}, outside "
-                f"{request.describe()}"
-            )
-        return start
 
 
 def _fresh(error: NbdError) -> NbdError:

@@ -51,6 +51,9 @@ Transmission (after GO or EXPORT_NAME)::
 
     A command's reply is complete after a simple reply or a chunk with DONE set.
     Replies may come in any order; the cookie matches them to requests.
+    The content chunks (OFFSET_DATA, OFFSET_HOLE) of a read each describe at least one
+    byte inside the request and never overlap; a successful read covers the whole
+    request (:class:`ReadCoverage` checks this, so no byte is left unset).
     DISC has no reply: the server closes the connection.
 
 Error values are the Linux errno numbers of EPERM, EIO, ENOMEM, EINVAL, ENOSPC,
@@ -67,6 +70,7 @@ Exceptions (all derive from :class:`hypersdk.errors.NbdError`)::
 
 from __future__ import annotations
 
+import bisect
 import struct
 import sys
 from array import array
@@ -608,6 +612,78 @@ def decode_offset_hole(data: bytes) -> tuple[int, int]:
         raise NbdProtocolError("NBD_REPLY_TYPE_OFFSET_HOLE has a wrong length")
     offset, length = OFFSET_HOLE.unpack(data)
     return int(offset), int(length)
+
+
+class ReadCoverage:
+    """The byte ranges that the content chunks of one structured read reply covered.
+
+    A server may answer a read with any number of OFFSET_DATA and OFFSET_HOLE chunks in
+    any order. Counting their bytes is not enough: two overlapping chunks and a gap add
+    up to the right total while part of the caller's buffer keeps stale bytes. Each
+    chunk is checked against the ranges seen so far; ranges that touch are merged, so
+    a reply in order stays one range.
+    """
+
+    __slots__ = ("_ends", "_starts", "length", "offset")
+
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset = offset
+        self.length = length
+        self._starts: list[int] = []  # sorted, relative to offset; disjoint, not touching
+        self._ends: list[int] = []
+
+    def add(self, offset: int, length: int, what: str) -> int:
+        """Record a chunk of ``length`` bytes at export ``offset``; return its start in
+        the request. Raises NbdProtocolError if it is empty, leaves the request or
+        overlaps an earlier chunk."""
+        start = offset - self.offset
+        end = start + length
+        if length <= 0:
+            raise NbdProtocolError(f"NBD server sent an empty {what} chunk at offset {offset}")
+        if start < 0 or end > self.length:
+            raise NbdProtocolError(
+                f"NBD server sent {what} of {length} bytes at offset {offset}, outside "
+                f"the read of {self.length} bytes at offset {self.offset}"
+            )
+        i = bisect.bisect_right(self._starts, start)
+        if (i and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end):
+            raise NbdProtocolError(
+                f"NBD server sent {what} of {length} bytes at offset {offset}, overlapping "
+                f"an earlier chunk of the read of {self.length} bytes at offset {self.offset}"
+            )
+        joins_left = i > 0 and self._ends[i - 1] == start
+        joins_right = i < len(self._starts) and self._starts[i] == end
+        if joins_left and joins_right:
+            self._ends[i - 1] = self._ends[i]
+            del self._starts[i], self._ends[i]
+        elif joins_left:
+            self._ends[i - 1] = end
+        elif joins_right:
+            self._starts[i] = start
+        else:
+            self._starts.insert(i, start)
+            self._ends.insert(i, end)
+        return start
+
+    @property
+    def covered(self) -> int:
+        """How many bytes of the request the chunks covered."""
+        return sum(self._ends) - sum(self._starts)
+
+    def complete(self) -> bool:
+        return self._starts == [0] and self._ends == [self.length]
+
+    def first_gap(self) -> tuple[int, int] | None:
+        """The first uncovered (export offset, length), or None when all is covered."""
+        pos = 0
+        for start, end in zip(self._starts, self._ends, strict=True):
+            if start > pos:
+                break
+            pos = end
+        if pos >= self.length:
+            return None
+        nxt = next((s for s in self._starts if s > pos), self.length)
+        return self.offset + pos, nxt - pos
 
 
 def encode_error_chunk(error: int, message: str, offset: int | None = None) -> bytes:

@@ -10,6 +10,11 @@ serialised by a lock so a multi-step teardown never interleaves with another cal
 
 Every QMP or socket error is turned into a ``hypersdk.errors`` type here, chained with
 ``from``; callers never see ``qemu.qmp`` exceptions.
+
+We open the unix socket ourselves and hand it to ``QMPClient.connect``: that way the
+kernel tells us who listens on it (``SO_PEERCRED``: the pid, uid and gid of the process
+that called ``listen()``, i.e. the QEMU). The QMP socket serves one client at a time, so
+the credentials come from the very connection we use, not from a second one.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import socket
+import struct
 import threading
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
@@ -41,6 +50,29 @@ class QmpCommandError(ProviderError):
         self.desc = desc
 
 
+@dataclass(frozen=True, slots=True)
+class QmpPeer:
+    """Who serves a QMP socket: SO_PEERCRED of our connection, and the socket file."""
+
+    pid: int  # 0 when the kernel cannot name it in our pid namespace
+    uid: int
+    gid: int
+    path: str
+    dev: int  # the socket file's device and inode, as stat() saw it when we connected
+    ino: int
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
+
+
+def _peer(sock: socket.socket, path: str) -> QmpPeer:
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    st = os.stat(path)
+    return QmpPeer(pid=pid, uid=uid, gid=gid, path=path, dev=st.st_dev, ino=st.st_ino)
+
+
 class QmpConnection:
     """A synchronous, thread-safe QMP connection to one QEMU or qemu-storage-daemon."""
 
@@ -55,6 +87,7 @@ class QmpConnection:
         self._thread.start()
         self._client: QMPClient | None = None
         self._commands: frozenset[str] = frozenset()
+        self.peer: QmpPeer | None = None
 
     @classmethod
     def connect(cls, socket_path: str, *, timeout: float = CONNECT_TIMEOUT) -> QmpConnection:
@@ -69,27 +102,43 @@ class QmpConnection:
     def _connect(self, timeout: float) -> None:
         client = QMPClient("hypersdk")
         where = f"QMP socket {self.socket_path}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._run(client.connect(self.socket_path), timeout)
-        except (TimeoutError, concurrent.futures.TimeoutError) as err:
+            sock.settimeout(timeout)
+            sock.connect(self.socket_path)
+            self.peer = _peer(sock, self.socket_path)
+        except OSError as err:
+            sock.close()
+            raise ConnectionFailed(f"cannot connect to {where}: {err.strerror or err}") from err
+        try:
+            self._run(client.connect(sock), timeout)  # the client owns the socket now
+        except BaseException as err:
             self._discard(client)
-            raise ConnectionFailed(
-                f"{where} did not answer as QMP within {timeout:g} s "
-                "(not a QMP socket, or another client holds it)"
-            ) from err
-        except ConnectError as err:
-            self._discard(client)
-            cause = err.exc if isinstance(err.exc, OSError) else err
-            detail = getattr(cause, "strerror", None) or str(cause)
-            raise ConnectionFailed(f"cannot connect to {where}: {detail}") from err
-        except (QMPError, OSError) as err:
-            self._discard(client)
-            raise ConnectionFailed(f"cannot connect to {where}: {err}") from err
+            sock.close()
+            failure = self._connect_error(err, where, timeout)
+            if failure is None:
+                raise  # KeyboardInterrupt and the like, as they are
+            raise failure from err
         self._client = client
         names = self.execute("query-commands")
         self._commands = frozenset(
             str(c["name"]) for c in names if isinstance(c, dict) and "name" in c
         )
+
+    @staticmethod
+    def _connect_error(err: BaseException, where: str, timeout: float) -> ConnectionFailed | None:
+        if isinstance(err, TimeoutError | concurrent.futures.TimeoutError):
+            return ConnectionFailed(
+                f"{where} did not answer as QMP within {timeout:g} s "
+                "(not a QMP socket, or another client holds it)"
+            )
+        if isinstance(err, ConnectError):
+            cause = err.exc if isinstance(err.exc, OSError) else err
+            detail = getattr(cause, "strerror", None) or str(cause)
+            return ConnectionFailed(f"cannot connect to {where}: {detail}")
+        if isinstance(err, QMPError | OSError):
+            return ConnectionFailed(f"cannot connect to {where}: {err}")
+        return None
 
     def has_command(self, name: str) -> bool:
         return name in self._commands

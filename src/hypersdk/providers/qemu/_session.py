@@ -20,7 +20,9 @@ then serve the image with ``qemu-nbd --read-only --bitmap=<previous checkpoint>`
 Teardown runs on every exit, also on errors and Ctrl-C: clients, exports, jobs, temporary
 bitmaps, fleecing nodes, NBD server (if we started it) and temp files go; if the session
 ends with an exception the NEW checkpoint is removed too, so the previous one stays the
-valid change id.
+valid change id. If a teardown step fails (QEMU gone away, QMP lost), the temp folder
+and its marker stay: they prove to the next session on this QEMU that the rest is a
+failed session's, so it can be swept (see ``_stale``), also by this same process.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import functools
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -130,14 +131,15 @@ class _SessionBase:
         self._clients: list[NbdClient] = []
         self._closed = False
         self.tmpdir = ""
+        self.session_id = ""
 
     @property
     def disks(self) -> list[DiskSnapshot]:
         return self._disks
 
-    def _make_tmpdir(self) -> None:
-        self.tmpdir = tempfile.mkdtemp(prefix=_stale.tmp_prefix())
-        self._cleanup.push("remove temp folder", lambda: shutil.rmtree(self.tmpdir))
+    def _make_tmpdir(self, kind: str, qemu: _stale.QemuId | None) -> None:
+        """The private folder and its marker, before anything is created in QEMU."""
+        self.tmpdir = _stale.make_folder(self.session_id, kind, qemu)
 
     def _add_client(self, client: NbdClient) -> None:
         self._clients.append(client)
@@ -149,6 +151,7 @@ class _SessionBase:
         self._cleanup.push("close NBD client", close)
 
     def _begin(self, start: Callable[[], None]) -> None:
+        self.session_id = _stale.LIVE.new_id()
         try:
             start()
         except BaseException:
@@ -160,12 +163,24 @@ class _SessionBase:
             return []
         self._closed = True
         errors: list[str] = []
+        clean = False
         try:
             errors += self._cleanup.run()
+            clean = not errors
         finally:
-            if failed:
-                errors += self._on_failure.run()
+            try:
+                if failed:
+                    errors += self._on_failure.run()
+            finally:
+                self._end(clean)
         return errors
+
+    def _end(self, clean: bool) -> None:
+        if self.tmpdir and clean:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        elif self.tmpdir:
+            log.warning("kept %s: the next backup of this VM removes what is left", self.tmpdir)
+        _stale.LIVE.end(self.session_id)  # from now on its leftovers count as dead
 
     def close(self, failed: bool = False) -> None:
         errors = self._teardown(failed)
@@ -209,8 +224,7 @@ class QmpBackupSession(_SessionBase):
         self._since = dict(since or {})
         self._nbd_socket = nbd_socket
         self.checkpoint = _checkpoints.new_name()
-        self.session_id = _stale.session_id()
-        self._stale_server = False
+        self._nbd_hint: str | None = None
 
     def start(self) -> QmpBackupSession:
         self._begin(self._start)
@@ -218,10 +232,15 @@ class QmpBackupSession(_SessionBase):
 
     def _start(self) -> None:
         plans = self._plan()
-        stale_server = _stale.stale_nbd_server()  # before sweep() removes its folder
-        _stale.sweep(self._qmp)
-        self._stale_server = stale_server
-        self._make_tmpdir()
+        qemu = _stale.qemu_id(self._qmp)
+        if qemu is None:
+            log.warning(
+                "cannot tell which process serves %s: leftovers of failed backups on it "
+                "will not be removed",
+                self._qmp.socket_path,
+            )
+        self._nbd_hint = _stale.sweep(self._qmp, qemu).kept_nbd_socket
+        self._make_tmpdir("qmp", qemu)
         for plan in plans:
             self._add_fleece(plan)
         self._run_transaction(plans)
@@ -352,16 +371,14 @@ class QmpBackupSession(_SessionBase):
                 "nbd-server-start", {"addr": {"type": "unix", "data": {"path": path}}}
             )
         except QmpCommandError as err:
-            if "already running" in err.desc and self._stale_server:
-                # The server a crashed session of ours started: replace it.
-                log.warning("stopping the NBD server a crashed backup left running")
-                self._qmp.execute("nbd-server-stop")
-                self._stale_server = False
-                return self._nbd_server()
             if "already running" in err.desc:
+                # Not one a failed session of ours left (sweep() stops those): it may
+                # have clients of its own, so it is never stopped.
+                sock = self._nbd_hint or "/path/to/nbd.sock"
                 raise ConflictError(
-                    "this QEMU already runs an NBD server; give its unix socket in the "
-                    "locator: qemu:/path/to/qmp.sock?nbd=/path/to/nbd.sock"
+                    f"QEMU at {self._qmp.socket_path} already runs an NBD server that "
+                    "this tool did not start; it is left alone: give its unix socket in "
+                    f"the locator: qemu:{self._qmp.socket_path}?nbd={sock}"
                 ) from err
             raise
         self._cleanup.push("stop NBD server", lambda: self._qmp.execute("nbd-server-stop"))
@@ -410,7 +427,8 @@ class Qcow2BackupSession(_SessionBase):
             verdict = _checkpoints.check(disk.bitmaps, self._since)
             if not verdict.valid:
                 raise ChangeIdInvalid(f"disk {disk.key}: {verdict.reason}")
-        self._make_tmpdir()
+        _stale.sweep_orphans()
+        self._make_tmpdir("qcow2", None)
         _tools.bitmap(disk.file, self.checkpoint, "--add")
         self._on_failure.push(
             "remove new checkpoint",
@@ -430,15 +448,19 @@ class Qcow2BackupSession(_SessionBase):
 
 def dirty_bytes_offline(disk: QemuDisk, bitmap: str) -> int:
     """Exact dirty byte count of an offline image's bitmap (qemu-img does not count)."""
-    tmpdir = tempfile.mkdtemp(prefix=_stale.tmp_prefix())
-    server = _tools.QemuNbd(disk.file, os.path.join(tmpdir, "nbd.sock"), "disk", bitmap)
+    sid = _stale.LIVE.new_id()
     try:
-        server.start()
-        client = _connect_nbd(server.uri, "disk", bitmap)
+        tmpdir = _stale.make_folder(sid, "qcow2", None)
+        server = _tools.QemuNbd(disk.file, os.path.join(tmpdir, "nbd.sock"), "disk", bitmap)
         try:
-            return _extents.dirty_bytes(client, bitmap, disk.capacity)
+            server.start()
+            client = _connect_nbd(server.uri, "disk", bitmap)
+            try:
+                return _extents.dirty_bytes(client, bitmap, disk.capacity)
+            finally:
+                client.close()
         finally:
-            client.close()
+            server.stop()
+            shutil.rmtree(tmpdir, ignore_errors=True)
     finally:
-        server.stop()
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        _stale.LIVE.end(sid)
