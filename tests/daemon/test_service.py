@@ -170,7 +170,7 @@ def test_config_sources(tmp_path: Path) -> None:
         'port = 9999\noutput = "/srv/repo"\nmax_concurrent_exports = 3\n'
         'api_token = "t-0123456789abcdef"\nlisten = "0.0.0.0"\n'
         f'tls_cert = "{pem}"\ntls_key = "{pem}"\nallow_paths = ["{tmp_path}"]\n'
-        'allow_devices = true\nmax_event_streams = 5\n'
+        "allow_devices = true\nmax_event_streams = 5\n"
         '[vsphere]\nserver = "https://vc/sdk"\nusername = "u"\n'
     )
     toml.chmod(0o600)
@@ -182,9 +182,15 @@ def test_config_sources(tmp_path: Path) -> None:
     assert cfg.vsphere is not None and cfg.vsphere.username == "u"
     assert (cfg.tls_cert, cfg.tls_key, cfg.allow_paths) == (str(pem), str(pem), (str(tmp_path),))
     assert cfg.allow_devices is True and cfg.max_event_streams == 5
-    env = {"HYPERSDK_PORT": "7000", "HYPERSDK_API_TOKEN": "tok-env-0123456789", "HYPERSDK_STATE_DIR": "/s"}
+    env = {
+        "HYPERSDK_PORT": "7000",
+        "HYPERSDK_API_TOKEN": "tok-env-0123456789",
+        "HYPERSDK_STATE_DIR": "/s",
+    }
     cfg = load_config(config_file=str(toml), env=env, port=7001)
-    assert cfg.port == 7001 and cfg.api_token == "tok-env-0123456789" and cfg.state_dir == Path("/s")
+    assert (
+        cfg.port == 7001 and cfg.api_token == "tok-env-0123456789" and cfg.state_dir == Path("/s")
+    )
     assert "tok-env-0123456789" not in repr(cfg)
     with pytest.raises(UsageError, match="non-loopback"):
         load_config(listen="10.0.0.1", env={})
