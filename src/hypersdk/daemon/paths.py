@@ -57,6 +57,11 @@ class Qcow2Header:
     data_file: str | None  # the external data file name, as stored
 
 
+def _show(path: str) -> str:
+    """A path for a message: bytes that are not UTF-8 shown escaped, on one line."""
+    return path.encode("utf-8", "backslashreplace").decode().replace("\n", "\\n")
+
+
 def has_protocol(name: str) -> bool:
     """QEMU's rule: a ':' before any '/' makes a name a protocol (nbd:, json:, file:...)."""
     for c in name:
@@ -90,7 +95,8 @@ def read_qcow2_header(path: str) -> Qcow2Header | None:
         if backing_off and backing_len:
             if backing_len > 1023 or backing_off > _MAX_HEADER:
                 raise ForbiddenPath(f"qcow2 image {path} has a malformed backing file name")
-            backing = os.pread(fd, backing_len, backing_off).decode("utf-8", "replace")
+            # fsdecode: the same bytes QEMU will open, whatever their encoding
+            backing = os.fsdecode(os.pread(fd, backing_len, backing_off))
         fmt = data_file = None
         offset = header_len
         while 0 < offset < _MAX_HEADER:
@@ -100,7 +106,7 @@ def read_qcow2_header(path: str) -> Qcow2Header | None:
             kind, length = struct.unpack(">II", ext)
             if kind == _EXT_END:
                 break
-            body = os.pread(fd, length, offset + 8).decode("utf-8", "replace")
+            body = os.fsdecode(os.pread(fd, length, offset + 8))
             if kind == _EXT_BACKING_FORMAT:
                 fmt = body
             elif kind == _EXT_DATA_FILE:
@@ -129,12 +135,14 @@ class AllowedPaths:
 
     def _inside(self, path: str, what: str) -> str:
         """``path`` resolved, or ForbiddenPath (one message, whether it exists or not)."""
+        if "\x00" in path:
+            raise ForbiddenPath(f"{what} {path!r} is not a plain file name")
         if not os.path.isabs(path):
             raise UsageError(f"{what} {path!r} must be an absolute path")
         resolved = os.path.realpath(path)
         if not self.contains(resolved):
             raise ForbiddenPath(
-                f"{what} {path} is outside the folders this daemon may use (--allow-path)"
+                f"{what} {_show(path)} is outside the folders this daemon may use (--allow-path)"
             )
         return resolved
 
@@ -192,7 +200,7 @@ class AllowedPaths:
             if header is None:
                 if fmt is None:
                     raise ForbiddenPath(
-                        f"backing file {opened} has no recorded format and is not qcow2; "
+                        f"backing file {_show(opened)} has no recorded format and is not qcow2; "
                         "record it (qemu-img rebase -u -F raw ...)"
                     )
                 return checked  # not qcow2: QEMU refuses to open it as one
@@ -204,12 +212,13 @@ class AllowedPaths:
             name = header.backing
             if has_protocol(name):
                 raise ForbiddenPath(
-                    f"backing file {name!r} of {opened} is not a plain file name "
+                    f"backing file {name!r} of {_show(opened)} is not a plain file name "
                     "(json: and protocols are refused)"
                 )
             if header.backing_format not in (None, "raw", "qcow2"):
                 raise ForbiddenPath(
-                    f"backing file {name} of {opened} has format {header.backing_format}; "
+                    f"backing file {name!r} of {_show(opened)} has format "
+                    f"{header.backing_format!r}; "
                     "only raw and qcow2 backing files are allowed"
                 )
             opened = name if os.path.isabs(name) else os.path.join(folder, name)
@@ -220,7 +229,7 @@ class AllowedPaths:
     def _data_file(self, name: str, folder: str, image: str) -> list[str]:
         if has_protocol(name):
             raise ForbiddenPath(
-                f"data file {name!r} of {image} is not a plain file name "
+                f"data file {name!r} of {_show(image)} is not a plain file name "
                 "(json: and protocols are refused)"
             )
         if os.path.isabs(name):
