@@ -8,7 +8,7 @@ import pytest
 from tests.daemon.live import Hypervisord
 from tests.rigs.qsd import MiB, QemuStorageDaemon
 
-TOKEN = "sdk-test-token"
+TOKEN = "sdk-test-token-0123456789"
 
 
 @pytest.fixture
@@ -24,5 +24,5 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def hvd(tmp_path: Path, repo: Path) -> Iterator[Hypervisord]:
-    with Hypervisord(tmp_path / "hvd", output=repo, token=TOKEN) as daemon:
+    with Hypervisord(tmp_path / "hvd", output=repo, allow=(tmp_path,), token=TOKEN) as daemon:
         yield daemon

@@ -52,7 +52,7 @@ def test_async_flow(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: Path) ->
             with pytest.raises(NotFound):
                 await client.get_export("j-missing")
             assert (await client.disable_cbt(qsd.locator))["success"] is True
-        async with AsyncHyperSDK(hvd.base_url) as anon:
+        async with AsyncHyperSDK(hvd.base_url, token="") as anon:
             with pytest.raises(Unauthorized):
                 await anon.list_exports()
 

@@ -22,5 +22,5 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def hvd(tmp_path: Path, repo: Path) -> Iterator[Hypervisord]:
-    with Hypervisord(tmp_path / "hvd", output=repo) as daemon:
+    with Hypervisord(tmp_path / "hvd", output=repo, allow=(tmp_path,)) as daemon:
         yield daemon

@@ -1,5 +1,8 @@
 """A live hypervisord for tests: a subprocess on a free loopback port with its own state
-folder, stopped by its pid (SIGTERM, then SIGKILL), never by name."""
+folder, stopped by its pid (SIGTERM, then SIGKILL), never by name.
+
+Without ``token`` the daemon makes its own in ``<state>/api-token``; ``self.token`` is
+read from there once it answers. ``allow`` become ``--allow-path`` flags."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class Hypervisord:
         *,
         token: str | None = None,
         output: Path | None = None,
+        allow: tuple[Path, ...] = (),
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
@@ -42,6 +46,7 @@ class Hypervisord:
         self.state_dir = self.workdir / "state"
         self.token = token
         self.output = output
+        self.allow = allow
         self.args = args
         self.extra_env = env or {}
         self.port = free_port()
@@ -50,7 +55,8 @@ class Hypervisord:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--tls-cert" in self.args else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERSDK_")}
@@ -65,6 +71,8 @@ class Hypervisord:
         ]  # fmt: skip
         if self.output is not None:
             argv += ["--output", str(self.output)]
+        for folder in self.allow:
+            argv += ["--allow-path", str(folder)]
         return [*argv, *self.args]
 
     def start(self) -> None:
@@ -77,7 +85,10 @@ class Hypervisord:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hypervisord exited: {self.log()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{self.base_url}/health", timeout=1, verify=False)
+                if health.status_code == 200:
+                    if self.token is None:
+                        self.token = (self.state_dir / "api-token").read_text().strip()
                     return
             if time.monotonic() > deadline:
                 self.stop()
@@ -109,7 +120,8 @@ class Hypervisord:
     def client(self, token: str | None = None) -> httpx.Client:
         tok = token if token is not None else self.token
         headers = {"Authorization": f"Bearer {tok}"} if tok else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+        # verify=False: the TLS tests use a throw-away self-signed certificate
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, verify=False)
 
     def __enter__(self) -> Self:
         self.start()

@@ -72,7 +72,7 @@ def test_restart_marks_running_job_failed(
 ) -> None:
     fill(qsd, 24)
     clean = qemu_state(qsd)
-    with Hypervisord(tmp_path / "hvd", output=repo) as hvd:
+    with Hypervisord(tmp_path / "hvd", output=repo, allow=(tmp_path,)) as hvd:
         http = hvd.client()
         r = http.post("/exports", json={"vm_path": qsd.locator, "output": str(repo), **SLOW})
         job_id = r.json()["id"]

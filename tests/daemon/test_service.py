@@ -18,7 +18,7 @@ from tests.rigs.qsd import MiB, QemuStorageDaemon
 
 
 def test_auth_on(tmp_path: Path) -> None:
-    with Hypervisord(tmp_path, token="s3cret") as hvd:
+    with Hypervisord(tmp_path, token="s3cret-token-0123456789") as hvd:
         anon = hvd.client(token="")
         assert anon.get("/health").json()["status"] == "ok"
         for method, path in (
@@ -32,10 +32,10 @@ def test_auth_on(tmp_path: Path) -> None:
             assert r.status_code == 401, (path, r.text)
             assert r.json()["error"]["code"] == "unauthorized"
             assert r.headers["www-authenticate"] == "Bearer"
-        wrong = hvd.client(token="s3cre")
+        wrong = hvd.client(token="s3cret-token-012345678")
         assert wrong.get("/exports").status_code == 401
         assert wrong.get("/exports").json()["error"]["message"] == "wrong API token"
-        raw = httpx_get(hvd.base_url + "/exports", {"Authorization": "s3cret"})
+        raw = httpx_get(hvd.base_url + "/exports", {"Authorization": "s3cret-token-0123456789"})
         assert raw == 401  # the scheme is required
         assert hvd.client().get("/exports").json() == {"jobs": []}
         assert hvd.client().get("/openapi.json").json()["info"]["title"] == "hypervisord"
@@ -47,7 +47,7 @@ def httpx_get(url: str, headers: dict[str, str]) -> int:
     return httpx.get(url, headers=headers).status_code
 
 
-def test_auth_off_and_errors(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: Path) -> None:
+def test_errors(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: Path) -> None:
     http = hvd.client()
     assert http.get("/exports").status_code == 200
     assert http.get("/health").json() == {"status": "ok", "version": "0.1.0"}
@@ -150,7 +150,7 @@ def test_cbt_routes(hvd: Hypervisord, qsd: QemuStorageDaemon) -> None:
     assert http.post("/cbt/status", json=vm).json()["cbt_enabled"] is False
 
 
-def test_non_loopback_without_token_is_refused(tmp_path: Path) -> None:
+def test_non_loopback_without_tls_is_refused(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-m", "hypersdk.daemon.main", "--listen", "0.0.0.0",
@@ -159,24 +159,39 @@ def test_non_loopback_without_token_is_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "non-loopback" in lines[0] and "HYPERSDK_API_TOKEN" in lines[0]
+    assert len(lines) == 1 and "non-loopback" in lines[0] and "--tls-cert" in lines[0]
 
 
 def test_config_sources(tmp_path: Path) -> None:
     toml = tmp_path / "d.toml"
+    pem = tmp_path / "x.pem"
+    pem.write_text("not checked here")
     toml.write_text(
-        'port = 9999\noutput = "/srv/repo"\nmax_concurrent_exports = 3\napi_token = "t"\n'
-        'listen = "0.0.0.0"\n[vsphere]\nserver = "https://vc/sdk"\nusername = "u"\n'
+        'port = 9999\noutput = "/srv/repo"\nmax_concurrent_exports = 3\n'
+        'api_token = "t-0123456789abcdef"\nlisten = "0.0.0.0"\n'
+        f'tls_cert = "{pem}"\ntls_key = "{pem}"\nallow_paths = ["{tmp_path}"]\n'
+        "allow_devices = true\nmax_event_streams = 5\n"
+        '[vsphere]\nserver = "https://vc/sdk"\nusername = "u"\n'
     )
+    toml.chmod(0o600)
     cfg = load_config(config_file=str(toml), env={})
     assert (cfg.port, cfg.output, cfg.max_concurrent_exports, cfg.listen) == (
         9999, "/srv/repo", 3, "0.0.0.0",
     )  # fmt: skip
-    assert cfg.api_token == "t" and cfg.vsphere is not None and cfg.vsphere.username == "u"
-    env = {"HYPERSDK_PORT": "7000", "HYPERSDK_API_TOKEN": "tok-env-123", "HYPERSDK_STATE_DIR": "/s"}
+    assert cfg.api_token == "t-0123456789abcdef"
+    assert cfg.vsphere is not None and cfg.vsphere.username == "u"
+    assert (cfg.tls_cert, cfg.tls_key, cfg.allow_paths) == (str(pem), str(pem), (str(tmp_path),))
+    assert cfg.allow_devices is True and cfg.max_event_streams == 5
+    env = {
+        "HYPERSDK_PORT": "7000",
+        "HYPERSDK_API_TOKEN": "tok-env-0123456789",
+        "HYPERSDK_STATE_DIR": "/s",
+    }
     cfg = load_config(config_file=str(toml), env=env, port=7001)
-    assert cfg.port == 7001 and cfg.api_token == "tok-env-123" and cfg.state_dir == Path("/s")
-    assert "tok-env-123" not in repr(cfg)
+    assert (
+        cfg.port == 7001 and cfg.api_token == "tok-env-0123456789" and cfg.state_dir == Path("/s")
+    )
+    assert "tok-env-0123456789" not in repr(cfg)
     with pytest.raises(UsageError, match="non-loopback"):
         load_config(listen="10.0.0.1", env={})
     with pytest.raises(UsageError):
@@ -188,7 +203,7 @@ def test_config_sources(tmp_path: Path) -> None:
 
 
 def test_unexpected_error_is_generic_500(tmp_path: Path) -> None:
-    app = create_app(DaemonConfig(state_dir=tmp_path))
+    app = create_app(DaemonConfig(state_dir=tmp_path), token="t" * 16)
 
     @app.get("/boom")
     def boom() -> None:
@@ -196,8 +211,8 @@ def test_unexpected_error_is_generic_500(tmp_path: Path) -> None:
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await client.get("/boom")
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.get("/boom", headers={"Authorization": "Bearer " + "t" * 16})
 
     r = asyncio.run(call())
     assert r.status_code == 500 and "secret" not in r.text

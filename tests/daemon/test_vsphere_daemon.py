@@ -16,8 +16,8 @@ VM = "/DC0/vm/web"
 def test_vsphere_through_the_daemon(lab: VcsimLab, tmp_path: Path) -> None:  # noqa: F811
     repo = tmp_path / "repo"
     env = lab.settings().govc_env()
-    with Hypervisord(tmp_path / "hvd", output=repo, env=env) as hvd:
-        sdk = HyperSDK(hvd.base_url)
+    with Hypervisord(tmp_path / "hvd", output=repo, allow=(tmp_path,), env=env) as hvd:
+        sdk = HyperSDK(hvd.base_url, token=hvd.token)
         assert sdk.get_cbt_status(VM)["cbt_enabled"] is False
         assert sdk.enable_cbt(VM)["message"] == f"CBT enabled successfully for {VM}"
         status = sdk.get_cbt_status(VM)

@@ -9,6 +9,7 @@ import {
   errorFromResponse,
 } from './errors.js';
 import { parseSSE, readBody } from './sse.js';
+import { findToken } from './token.js';
 import {
   TERMINAL_JOB_STATES,
   type CBTStatus,
@@ -120,13 +121,14 @@ export class HyperSDK {
   /** Without a trailing slash. */
   readonly baseUrl: string;
   readonly timeoutMs: number;
-  private readonly token: string | undefined;
+  private readonly tokenOption: string | undefined;
+  private token: Promise<string | undefined> | undefined;
   private readonly fetchImpl: typeof fetch;
   private readonly extraHeaders: Record<string, string>;
 
   constructor(baseUrl: string = DEFAULT_BASE_URL, options: HyperSDKOptions = {}) {
     this.baseUrl = baseUrl.replace(/\/+$/, '');
-    this.token = options.token;
+    this.tokenOption = options.token;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.extraHeaders = { ...(options.headers ?? {}) };
     const f = options.fetch ?? (globalThis as { fetch?: typeof fetch }).fetch;
@@ -339,7 +341,9 @@ export class HyperSDK {
       'User-Agent': `hypersdk-typescript/${VERSION}`,
       ...this.extraHeaders,
     };
-    if (this.token !== undefined) headers['Authorization'] = `Bearer ${this.token}`;
+    this.token ??= findToken(this.tokenOption, this.baseUrl);
+    const token = await this.token;
+    if (token !== undefined) headers['Authorization'] = `Bearer ${token}`;
     let body: string | undefined;
     if (options.body !== undefined) {
       headers['Content-Type'] = 'application/json';

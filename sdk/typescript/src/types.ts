@@ -317,7 +317,11 @@ export interface StreamOptions {
 
 /** Options of the `HyperSDK` constructor. */
 export interface HyperSDKOptions {
-  /** Sent as `Authorization: Bearer <token>`. */
+  /**
+   * Sent as `Authorization: Bearer <token>`. Left out: under Node, `HYPERSDK_API_TOKEN`,
+   * else (loopback URLs only) the daemon's `$HYPERSDK_STATE_DIR/api-token` or
+   * `~/.hypersdk/api-token`; in a browser, none. An empty string sends no token.
+   */
   token?: string;
   /** Per-request time limit (until the response is read); 30 000 ms by default. */
   timeoutMs?: number;

@@ -32,7 +32,7 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
   const qsd = new QemuStorageDaemon(64 * MiB);
   const work = tempDir('hypersdk-ts-it-');
   const repo = path.join(work, 'repo');
-  const daemon = new Hypervisord({ output: repo });
+  const daemon = new Hypervisord({ output: repo, allow: [work, qsd.dir] });
   let client: HyperSDK;
   let full: ExportJob;
   let incremental: ExportJob;
@@ -41,6 +41,9 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
   before(async () => {
     await qsd.start();
     await daemon.start();
+    // No token given anywhere: the SDK reads the file the daemon made (as on its host).
+    delete process.env['HYPERSDK_API_TOKEN'];
+    process.env['HYPERSDK_STATE_DIR'] = daemon.stateDir;
     client = new HyperSDK(daemon.url, { timeoutMs: 20_000 });
   });
 
@@ -50,6 +53,22 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
     daemon.cleanup();
     qsd.cleanup();
     rmSync(work, { recursive: true, force: true });
+  });
+
+  it("reads the daemon's token file under Node (no token given)", async () => {
+    const file = path.join(daemon.stateDir, 'api-token');
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.equal(statSync(daemon.stateDir).mode & 0o777, 0o700);
+    assert.deepEqual(await new HyperSDK(daemon.url).listExports({ limit: 1 }), []);
+    await assert.rejects(new HyperSDK(daemon.url, { token: '' }).listExports(), UnauthorizedError);
+  });
+
+  it('a path outside the allowed folders is 403 forbidden_path', async () => {
+    const err = await client.restore({ vm: 'v', to: '/etc/hypersdk-test.raw' }).catch((e: unknown) => e);
+    assert.ok(err instanceof HyperSDKError, String(err));
+    assert.equal(err.status, 403);
+    assert.equal(err.code, 'forbidden_path');
+    assert.ok(!existsSync('/etc/hypersdk-test.raw'));
   });
 
   it('health', async () => {
@@ -308,7 +327,8 @@ describe('HyperSDK against a live hypervisord with an API token', { timeout: 120
   });
 
   it('no token and a wrong token are 401 unauthorized', async () => {
-    for (const c of [new HyperSDK(daemon.url), new HyperSDK(daemon.url, { token: 'wrong' })]) {
+    const none = new HyperSDK(daemon.url, { token: '' });
+    for (const c of [none, new HyperSDK(daemon.url, { token: 'wrong' })]) {
       const err = await c.listExports().catch((e: unknown) => e);
       assert.ok(err instanceof UnauthorizedError, String(err));
       assert.equal(err.status, 401);

@@ -74,9 +74,12 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
 }
 
 export interface DaemonOptions {
+  /** Left out: the daemon makes one in `<stateDir>/api-token` (read into `token`). */
   token?: string;
-  /** The daemon's default repository (`--output`). */
+  /** The daemon's default repository (`--output`, always allowed). */
   output?: string;
+  /** Folders requests may name (`--allow-path`). */
+  allow?: string[];
 }
 
 /** `python -m hypersdk.daemon.main --listen 127.0.0.1 --port N --state-dir DIR`. */
@@ -86,8 +89,12 @@ export class Hypervisord {
   readonly logPath = path.join(this.dir, 'hypervisord.log');
   port = 0;
   proc: ChildProcess | undefined;
+  /** The API token (given, or read from the file the daemon made). */
+  token: string | undefined;
 
-  constructor(private readonly options: DaemonOptions = {}) {}
+  constructor(private readonly options: DaemonOptions = {}) {
+    this.token = options.token;
+  }
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
@@ -102,6 +109,7 @@ export class Hypervisord {
     const args = ['-m', 'hypersdk.daemon.main', '--listen', '127.0.0.1', '--port', String(this.port)];
     args.push('--state-dir', this.stateDir);
     if (this.options.output !== undefined) args.push('--output', this.options.output);
+    for (const folder of this.options.allow ?? []) args.push('--allow-path', folder);
     const env = cleanEnv({
       HOME: this.dir, // nothing of the user's ~/.hypersdk
       HYPERSDK_STATE_DIR: this.stateDir,
@@ -120,7 +128,10 @@ export class Hypervisord {
       }
       try {
         const r = await fetch(`${this.url}/health`, { signal: AbortSignal.timeout(1000) });
-        if (r.ok) return this;
+        if (r.ok) {
+          this.token ??= readFileSync(path.join(this.stateDir, 'api-token'), 'utf8').trim();
+          return this;
+        }
       } catch {
         // not listening yet
       }

@@ -1,8 +1,10 @@
 /** Unit tests: the client against a fake daemon written with node:http. */
 
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
 
 import * as sdk from '../src/index.js';
@@ -23,7 +25,13 @@ import {
   type Job,
   type JobEvent,
 } from '../src/index.js';
+import { findToken, isLoopbackUrl } from '../src/token.js';
 import { FakeServer, job, json } from './fake-server.js';
+
+// Nothing of the caller's: no token variable, an empty state folder.
+const STATE = mkdtempSync(path.join(os.tmpdir(), 'hypersdk-unit-state-'));
+delete process.env['HYPERSDK_API_TOKEN'];
+process.env['HYPERSDK_STATE_DIR'] = STATE;
 
 const VM = '/Datacenter/vm/my-vm';
 
@@ -77,6 +85,7 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
   });
   after(async () => {
     await server.stop();
+    rmSync(STATE, { recursive: true, force: true });
   });
   beforeEach(() => {
     client = new HyperSDK(server.url);
@@ -353,6 +362,65 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
       await new HyperSDK(server.url, { token: 's3cret' }).getExport('j-1');
       assert.equal(server.last.headers['authorization'], 'Bearer s3cret');
       assert.match(String(server.last.headers['user-agent']), /^hypersdk-typescript\//);
+    });
+
+    it("reads the daemon's token file under Node: argument, then HYPERSDK_API_TOKEN, then the file", async () => {
+      server.reset((_r, res) => json(res, 200, job()));
+      writeFileSync(path.join(STATE, 'api-token'), 'file-token-0123456789\n', { mode: 0o600 });
+      try {
+        await new HyperSDK(server.url).getExport('j-1');
+        assert.equal(server.last.headers['authorization'], 'Bearer file-token-0123456789');
+        await new HyperSDK(server.url, { token: 'given' }).getExport('j-1');
+        assert.equal(server.last.headers['authorization'], 'Bearer given');
+        await new HyperSDK(server.url, { token: '' }).getExport('j-1');
+        assert.equal(server.last.headers['authorization'], undefined);
+        process.env['HYPERSDK_API_TOKEN'] = 'env-token-0123456789';
+        await new HyperSDK(server.url).getExport('j-1');
+        assert.equal(server.last.headers['authorization'], 'Bearer env-token-0123456789');
+        delete process.env['HYPERSDK_API_TOKEN'];
+        // the local daemon's file is never sent to another host
+        assert.equal(await findToken(undefined, 'https://backup.example:8443'), undefined);
+        assert.equal(await findToken(undefined, 'http://localhost:8080'), 'file-token-0123456789');
+        assert.equal(await findToken(undefined, 'http://[::1]:8080'), 'file-token-0123456789');
+      } finally {
+        delete process.env['HYPERSDK_API_TOKEN'];
+        rmSync(path.join(STATE, 'api-token'), { force: true });
+      }
+      assert.equal(await findToken(undefined, 'http://127.0.0.1:8080'), undefined); // no file
+    });
+
+    it('recognises loopback URLs only', () => {
+      for (const u of ['http://localhost:8080', 'http://127.0.0.1', 'http://127.9.8.7:1', 'http://[::1]:8080/']) {
+        assert.equal(isLoopbackUrl(u), true, u);
+      }
+      for (const u of ['http://127.0.0.1.nip.io', 'http://10.0.0.1', 'http://example.com', 'not a url']) {
+        assert.equal(isLoopbackUrl(u), false, u);
+      }
+    });
+
+    it('in a browser (no Node process) uses only an explicit token', async () => {
+      process.env['HYPERSDK_API_TOKEN'] = 'env-token-0123456789';
+      const saved = Object.getOwnPropertyDescriptor(globalThis, 'process')!;
+      Object.defineProperty(globalThis, 'process', { value: undefined, configurable: true });
+      let none: Promise<string | undefined>;
+      let given: Promise<string | undefined>;
+      try {
+        none = findToken(undefined, 'http://localhost:8080'); // decides before its first await
+        given = findToken('t', 'http://localhost:8080');
+      } finally {
+        Object.defineProperty(globalThis, 'process', saved);
+        delete process.env['HYPERSDK_API_TOKEN'];
+      }
+      assert.equal(await none, undefined);
+      assert.equal(await given, 't');
+    });
+
+    it('the built package imports no Node module statically (browser bundles stay clean)', () => {
+      const dist = new URL('../../dist/', import.meta.url);
+      for (const name of readdirSync(dist).filter((n) => n.endsWith('.js'))) {
+        const code = readFileSync(new URL(name, dist), 'utf8');
+        assert.doesNotMatch(code, /(from\s*|import\s*\(\s*|require\s*\(\s*)['"](node:|fs|os|path)/, name);
+      }
     });
 
     it('uses the fetch given in the options', async () => {

@@ -11,6 +11,7 @@ import httpx
 
 from hypersdk.client import _calls as c
 from hypersdk.client._calls import ProgressCallback
+from hypersdk.client._token import find_token
 
 
 async def _maybe_await(value: Any) -> None:
@@ -35,6 +36,7 @@ class AsyncHyperSDK:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        token = find_token(token, self.base_url)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=c.headers(token), timeout=timeout, transport=transport
         )

@@ -10,13 +10,18 @@ import httpx
 
 from hypersdk.client import _calls as c
 from hypersdk.client._calls import ProgressCallback
+from hypersdk.client._token import find_token
 
 
 class HyperSDK:
     """Client of hypervisord (docs/api.md). Results are plain dicts (``status['cbt_enabled']``);
     errors are ``HyperSDKAPIError`` subclasses carrying the server's code and message.
 
-        with HyperSDK("http://localhost:8080", token="...") as client:
+    The token: ``token``, else ``HYPERSDK_API_TOKEN``, else (for a loopback URL) the
+    daemon's ``$HYPERSDK_STATE_DIR/api-token`` or ``~/.hypersdk/api-token``;
+    ``token=""`` sends none.
+
+        with HyperSDK("http://localhost:8080") as client:
             job = client.export_vm("/Datacenter/vm/my-vm", incremental=True)
             job = client.wait_for_export(job["id"])
     """
@@ -30,6 +35,7 @@ class HyperSDK:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        token = find_token(token, self.base_url)
         self._http = httpx.Client(
             base_url=self.base_url, headers=c.headers(token), timeout=timeout, transport=transport
         )

@@ -11,18 +11,31 @@ from hypersdk import __version__
 from hypersdk.daemon import errors, routes_cbt, routes_exports, routes_repository, routes_service
 from hypersdk.daemon.auth import TokenAuth
 from hypersdk.daemon.config import DaemonConfig
+from hypersdk.daemon.guards import BodyGuard, EventStreamLimit, LoopbackHost
 from hypersdk.daemon.jobs import JobStore
+from hypersdk.daemon.paths import AllowedPaths
 from hypersdk.daemon.runner import Runner
 from hypersdk.daemon.state import Daemon
+from hypersdk.daemon.token import load_or_create_token, prepare_state_dir
 
 
-def create_app(config: DaemonConfig) -> FastAPI:
+def allowed_paths(config: DaemonConfig) -> AllowedPaths:
+    """The operator's folders plus the default repository."""
+    folders = [*config.allow_paths, *([config.output] if config.output else [])]
+    return AllowedPaths.of(folders, allow_devices=config.allow_devices)
+
+
+def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     """Open the job store (failing jobs an earlier daemon left running) and build the
-    app. The workers stop, cancelling their jobs, when the app's lifespan ends."""
+    app. The workers stop, cancelling their jobs, when the app's lifespan ends.
+    ``token``: the API token; default: the configured one, else the state folder's
+    ``api-token`` file (made if missing)."""
+    prepare_state_dir(config.state_dir)
+    token = token or config.api_token or load_or_create_token(config.state_dir)
     store = JobStore(config.state_dir)
     store.recover()
     runner = Runner(config, store)
-    state = Daemon(config, store, runner)
+    state = Daemon(config, store, runner, allowed_paths(config))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,11 +53,17 @@ def create_app(config: DaemonConfig) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        strict_content_type=True,  # the default since FastAPI 0.132; said out loud
     )
     app.state.daemon = state
     errors.install(app)
     for module in (routes_service, routes_cbt, routes_exports, routes_repository):
         app.include_router(module.router)
-    if config.api_token:
-        app.add_middleware(TokenAuth, token=config.api_token)
+    # Added innermost first: a request meets LoopbackHost, TokenAuth, EventStreamLimit,
+    # BodyGuard, then the route.
+    app.add_middleware(BodyGuard)
+    app.add_middleware(EventStreamLimit, limit=config.max_event_streams)
+    app.add_middleware(TokenAuth, token=token)
+    if config.loopback:
+        app.add_middleware(LoopbackHost)
     return app

@@ -1,18 +1,22 @@
 """Bearer-token check for every route but ``/health`` (pure ASGI: it also guards
-/openapi.json and streaming responses). The comparison is constant-time."""
+/openapi.json and streaming responses). The daemon always has a token (configured, or
+made in ``<state dir>/api-token``); the comparison is constant-time."""
 
 from __future__ import annotations
 
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hypersdk.daemon.guards import send_error
 
 OPEN_PATHS = frozenset({"/health"})
 
 
 class TokenAuth:
     def __init__(self, app: ASGIApp, token: str) -> None:
+        if not token:
+            raise ValueError("TokenAuth needs a token")
         self.app = app
         self.expected = f"Bearer {token}".encode()
 
@@ -29,16 +33,4 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         message = "missing API token" if not given else "wrong API token"
-        body = json.dumps({"error": {"code": "unauthorized", "message": message}}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, "unauthorized", message, [(b"www-authenticate", b"Bearer")])

@@ -7,8 +7,16 @@ TOML layout (every key optional)::
     port = 8080
     output = "/backups/repo"          # default repository
     state_dir = "/var/lib/hypersdk"
-    api_token = "..."
+    api_token = "..."                 # at least 16 characters; default: <state_dir>/api-token
     max_concurrent_exports = 2
+    max_event_streams = 32
+    allow_paths = ["/backups", "/var/lib/vms"]   # folders requests may name (docs/api.md)
+    allow_devices = false             # may a restore write to a block device?
+    tls_cert = "/etc/hypersdk/cert.pem"   # required to listen on a non-loopback address
+    tls_key = "/etc/hypersdk/key.pem"
+
+The file may hold the token and the vSphere password: it must not be readable (or
+writable) by group or others, else the daemon refuses to start.
 
     [vsphere]
     server = "https://vcenter/sdk"
@@ -21,18 +29,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypersdk.daemon.token import check_token
 from hypersdk.errors import UsageError
 from hypersdk.providers.connection import VsphereSettings
 
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_CONCURRENT = 2
+DEFAULT_MAX_EVENT_STREAMS = 32
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,12 @@ class DaemonConfig:
     output: str | None = None  # default repository
     api_token: str | None = field(default=None, repr=False)
     max_concurrent_exports: int = DEFAULT_MAX_CONCURRENT
+    max_event_streams: int = DEFAULT_MAX_EVENT_STREAMS
     vsphere: VsphereSettings | None = None
+    allow_paths: tuple[str, ...] = ()  # besides ``output``
+    allow_devices: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def check(self) -> DaemonConfig:
         """Refuse settings that cannot work or are unsafe; returns self."""
@@ -51,12 +67,29 @@ class DaemonConfig:
             raise UsageError(f"port {self.port} is not between 1 and 65535")
         if not 1 <= self.max_concurrent_exports <= 64:
             raise UsageError("max_concurrent_exports must be 1 to 64")
-        if not self.api_token and not is_loopback(self.listen):
+        if not 1 <= self.max_event_streams <= 1024:
+            raise UsageError("max_event_streams must be 1 to 1024")
+        if self.api_token is not None:
+            check_token(self.api_token, "HYPERSDK_API_TOKEN or api_token")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("TLS needs both --tls-cert and --tls-key")
+        for name, file in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if file is not None and not os.path.isfile(file):
+                raise UsageError(f"{name} {file} is not a readable file")
+        if self.tls_cert is None and not is_loopback(self.listen):
+            # The token would cross the network in clear text.
             raise UsageError(
-                f"refusing to listen on non-loopback address {self.listen} without an API "
-                "token: set HYPERSDK_API_TOKEN (or api_token in the config file)"
+                f"refusing to listen on non-loopback address {self.listen} without TLS: "
+                "give --tls-cert and --tls-key (or tls_cert/tls_key in the config file)"
             )
+        for folder in self.allow_paths:
+            if not os.path.isdir(folder):
+                raise UsageError(f"allowed path {folder} is not an existing folder")
         return self
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.listen)
 
 
 def is_loopback(host: str) -> bool:
@@ -69,8 +102,16 @@ def is_loopback(host: str) -> bool:
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse the config file, refusing one that group or others may read or write (it
+    can hold the API token and the vSphere password)."""
     try:
         with open(path, "rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            if mode & 0o077:
+                raise UsageError(
+                    f"config file {path} is accessible by group or others (mode {mode:04o}); "
+                    "it may hold secrets: chmod 600 it"
+                )
             return tomllib.load(f)
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
@@ -95,6 +136,24 @@ def _str(value: object, name: str) -> str:
     return value
 
 
+def _paths(value: object, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items: list[object] = [p for p in value.split(":") if p]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise UsageError(f"{name} must be a list of folders")
+    return tuple(os.path.abspath(os.path.expanduser(_str(p, name))) for p in items)
+
+
+def _bool(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+        return value.lower() in ("1", "true", "yes")
+    raise UsageError(f"{name} must be true or false")
+
+
 def load_config(
     *,
     listen: str | None = None,
@@ -102,6 +161,10 @@ def load_config(
     state_dir: str | None = None,
     output: str | None = None,
     max_concurrent_exports: int | None = None,
+    allow_paths: list[str] | None = None,
+    allow_devices: bool | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     config_file: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> DaemonConfig:
@@ -127,6 +190,11 @@ def load_config(
     max_v = pick(
         max_concurrent_exports, "HYPERSDK_MAX_CONCURRENT_EXPORTS", "max_concurrent_exports"
     )
+    streams_v = pick(None, "HYPERSDK_MAX_EVENT_STREAMS", "max_event_streams")
+    allow_v = pick(allow_paths or None, "HYPERSDK_ALLOW_PATHS", "allow_paths")
+    devices_v = pick(allow_devices or None, "HYPERSDK_ALLOW_DEVICES", "allow_devices")
+    cert_v = pick(tls_cert, "HYPERSDK_TLS_CERT", "tls_cert")
+    key_v = pick(tls_key, "HYPERSDK_TLS_KEY", "tls_key")
 
     # vSphere: TOML values act as defaults below flags/env (VsphereSettings.resolve).
     vs_env = dict(e)
@@ -147,10 +215,19 @@ def load_config(
         state_dir=Path(_str(state_v, "state_dir")).expanduser()
         if state_v is not None
         else Path.home() / ".hypersdk",
-        output=_str(output_v, "output") if output_v is not None else None,
+        output=os.path.abspath(os.path.expanduser(_str(output_v, "output")))
+        if output_v is not None
+        else None,
         api_token=_str(token_v, "api_token") or None if token_v is not None else None,
         max_concurrent_exports=_int(max_v, "max_concurrent_exports")
         if max_v is not None
         else DEFAULT_MAX_CONCURRENT,
+        max_event_streams=_int(streams_v, "max_event_streams")
+        if streams_v is not None
+        else DEFAULT_MAX_EVENT_STREAMS,
         vsphere=vsphere,
+        allow_paths=_paths(allow_v, "allow_paths") if allow_v is not None else (),
+        allow_devices=_bool(devices_v, "allow_devices") if devices_v is not None else False,
+        tls_cert=_str(cert_v, "tls_cert") if cert_v is not None else None,
+        tls_key=_str(key_v, "tls_key") if key_v is not None else None,
     ).check()

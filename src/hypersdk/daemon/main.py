@@ -1,10 +1,14 @@
 """hypervisord: serve the HyperSDK REST API (docs/api.md) with uvicorn.
 
     hypervisord [--listen ADDR] [--port N] [--config FILE] [--output REPO]
+                [--allow-path DIR ...] [--allow-devices] [--tls-cert PEM --tls-key PEM]
                 [--state-dir DIR] [--max-concurrent-exports N]
 
-The API token comes from HYPERSDK_API_TOKEN or the config file (never a flag: flags
-show in ps). Without a token the daemon only listens on a loopback address.
+Every route but /health needs the API token. It comes from HYPERSDK_API_TOKEN or the
+config file (never a flag: flags show in ps); without one the daemon makes one in
+<state dir>/api-token (mode 0600), which the SDKs on this host read. Requests may name
+only paths inside --allow-path folders and the --output repository. A non-loopback
+address needs --tls-cert and --tls-key. Contract: docs/api.md.
 """
 
 from __future__ import annotations
@@ -27,7 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8080)")
     p.add_argument("--config", help="TOML configuration file")
-    p.add_argument("--output", help="default repository folder")
+    p.add_argument("--output", help="default repository folder (always allowed)")
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        metavar="DIR",
+        help="a folder whose files, sockets and repositories requests may name (repeatable)",
+    )
+    p.add_argument(
+        "--allow-devices",
+        action="store_true",
+        default=None,
+        help="let restores write to block devices in allowed folders",
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (serve HTTPS)")
+    p.add_argument("--tls-key", metavar="PEM", help="TLS private key")
     p.add_argument("--state-dir", help="state folder (default ~/.hypersdk)")
     p.add_argument("--max-concurrent-exports", type=int, help="jobs run at once (default 2)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -37,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hypersdk.daemon.config import load_config
+    from hypersdk.daemon.token import load_or_create_token, prepare_state_dir
 
     try:
         config = load_config(
@@ -45,8 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir=args.state_dir,
             output=args.output,
             max_concurrent_exports=args.max_concurrent_exports,
+            allow_paths=args.allow_path,
+            allow_devices=args.allow_devices,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
             config_file=args.config,
         )
+        prepare_state_dir(config.state_dir)
+        token = config.api_token or load_or_create_token(config.state_dir)
     except HyperSDKError as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
         return 2
@@ -59,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        app = create_app(config)
+        app = create_app(config, token)
     except HyperSDKError as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
         return 1
@@ -70,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         access_log=args.log_level == "debug",
         timeout_graceful_shutdown=10,
+        ssl_certfile=config.tls_cert,
+        ssl_keyfile=config.tls_key,
     )
     return 0
 

@@ -39,9 +39,10 @@ def disable_cbt(body: VmRequest, d: Dep) -> dict[str, Any]:
 
 
 def _analyze(d: Daemon, body: VmOutputRequest) -> Analysis:
+    d.check_vm(body.vm_path)
     repo: Repository | None = None
     if body.output is not None:
-        repo = Repository.open(body.output)
+        repo = Repository.open(d.output(body.output))
     elif d.config.output is not None:
         try:
             repo = Repository.open(d.config.output)

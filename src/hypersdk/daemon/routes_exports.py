@@ -28,6 +28,7 @@ EVENT_INTERVAL = 0.25  # seconds: at most ~4 events a second
 def create_export(body: ExportCreate, d: Dep) -> dict[str, Any]:
     if body.block_size is not None:
         check_block_size(body.block_size)
+    d.check_vm(body.vm_path)
     spec = ExportSpec(
         vm_path=body.vm_path,
         output=d.output(body.output),

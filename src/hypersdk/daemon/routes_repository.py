@@ -38,12 +38,14 @@ def list_generations(
 
 @router.post("/restores", response_model=Job, status_code=202)
 def create_restore(body: RestoreCreate, d: Dep) -> dict[str, Any]:
+    output = d.output(body.output)
+    target = d.allowed.restore_target(body.to)
     spec = prepare_restore(
-        d.output(body.output),
+        output,
         body.vm,
         body.generation,
         body.disk,
-        body.to,
+        target,
         body.format,
         body.force,
     )

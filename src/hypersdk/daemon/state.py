@@ -10,6 +10,7 @@ from fastapi import Request
 
 from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.jobs import JobStore
+from hypersdk.daemon.paths import AllowedPaths
 from hypersdk.daemon.runner import Runner
 from hypersdk.errors import UsageError
 from hypersdk.providers.base import Provider
@@ -21,16 +22,23 @@ class Daemon:
     config: DaemonConfig
     store: JobStore
     runner: Runner
+    allowed: AllowedPaths
 
     def output(self, requested: str | None) -> str:
-        """The repository a request names, else the configured default."""
+        """The repository a request names, else the configured default; resolved, and
+        ForbiddenPath unless it lies in an allowed folder."""
         out = requested or self.config.output
         if not out:
             raise UsageError("no repository: give 'output' (the daemon has no default)")
-        return out
+        return self.allowed.output(out)
+
+    def check_vm(self, vm_path: str) -> None:
+        """ForbiddenPath unless every file a qemu:/qcow2: locator names is allowed."""
+        self.allowed.vm_path(vm_path)
 
     @contextmanager
     def provider(self, vm_path: str) -> Iterator[Provider]:
+        self.check_vm(vm_path)
         provider = open_provider(vm_path, self.config.vsphere)
         try:
             yield provider
