@@ -172,6 +172,7 @@ def test_config_sources(tmp_path: Path) -> None:
         f'tls_cert = "{pem}"\ntls_key = "{pem}"\nallow_paths = ["{tmp_path}"]\n'
         "allow_devices = true\nmax_event_streams = 5\n"
         '[vsphere]\nserver = "https://vc/sdk"\nusername = "u"\n'
+        f'ca_file = "{pem}"\nforeign_snapshot_max_age_hours = 2.5\n'
     )
     toml.chmod(0o600)
     cfg = load_config(config_file=str(toml), env={})
@@ -180,6 +181,7 @@ def test_config_sources(tmp_path: Path) -> None:
     )  # fmt: skip
     assert cfg.api_token == "t-0123456789abcdef"
     assert cfg.vsphere is not None and cfg.vsphere.username == "u"
+    assert cfg.vsphere.ca_file == str(pem) and cfg.vsphere.foreign_snapshot_max_age_hours == 2.5
     assert (cfg.tls_cert, cfg.tls_key, cfg.allow_paths) == (str(pem), str(pem), (str(tmp_path),))
     assert cfg.allow_devices is True and cfg.max_event_streams == 5
     env = {
@@ -192,6 +194,12 @@ def test_config_sources(tmp_path: Path) -> None:
         cfg.port == 7001 and cfg.api_token == "tok-env-0123456789" and cfg.state_dir == Path("/s")
     )
     assert "tok-env-0123456789" not in repr(cfg)
+    # the environment's CA file (govc's name too) wins over the file's
+    cfg = load_config(config_file=str(toml), env={"GOVC_TLS_CA_CERTS": "/env.pem"})
+    assert cfg.vsphere is not None and cfg.vsphere.ca_file == "/env.pem"
+    toml.write_text('[vsphere]\nserver = "s"\nusername = "u"\nforeign_snapshot_max_age_hours = "x"')
+    with pytest.raises(UsageError, match="foreign_snapshot_max_age_hours"):
+        load_config(config_file=str(toml), env={})
     with pytest.raises(UsageError, match="non-loopback"):
         load_config(listen="10.0.0.1", env={})
     with pytest.raises(UsageError):

@@ -23,6 +23,8 @@ writable) by group or others, else the daemon refuses to start.
     username = "backup@vsphere.local"
     password = "..."
     insecure = false
+    ca_file = "/etc/hypersdk/vcenter-ca.pem"   # trusted besides the system store
+    foreign_snapshot_max_age_hours = 24       # another host's backup snapshot is busy until then
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ from typing import Any
 
 from hypersdk.daemon.token import check_token
 from hypersdk.errors import UsageError
-from hypersdk.providers.connection import VsphereSettings
+from hypersdk.providers.connection import (
+    CA_FILE_ENV,
+    FOREIGN_SNAPSHOT_MAX_AGE_ENV,
+    VsphereSettings,
+)
 
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -198,13 +204,21 @@ def load_config(
 
     # vSphere: TOML values act as defaults below flags/env (VsphereSettings.resolve).
     vs_env = dict(e)
+    # A key whose value any of these variables already gives stays as the environment says.
+    env_names = {"ca_file": CA_FILE_ENV}
     for key, var in (
         ("server", "HYPERSDK_VSPHERE_URL"),
         ("username", "HYPERSDK_VSPHERE_USERNAME"),
         ("password", "HYPERSDK_VSPHERE_PASSWORD"),
+        ("ca_file", CA_FILE_ENV[0]),
     ):
-        if key in vs and not e.get(var):
+        if key in vs and not any(e.get(v) for v in env_names.get(key, (var,))):
             vs_env[var] = _str(vs[key], f"vsphere.{key}")
+    if "foreign_snapshot_max_age_hours" in vs and not e.get(FOREIGN_SNAPSHOT_MAX_AGE_ENV):
+        age = vs["foreign_snapshot_max_age_hours"]
+        if isinstance(age, bool) or not isinstance(age, int | float):
+            raise UsageError("vsphere.foreign_snapshot_max_age_hours must be a number")
+        vs_env[FOREIGN_SNAPSHOT_MAX_AGE_ENV] = str(age)
     if "insecure" in vs and not e.get("HYPERSDK_VSPHERE_INSECURE"):
         vs_env["HYPERSDK_VSPHERE_INSECURE"] = "1" if vs["insecure"] is True else "0"
     vsphere = VsphereSettings.resolve(env=vs_env)
