@@ -124,7 +124,8 @@ def test_sigkill_mid_generation(tmp_path: Path) -> None:
 
 def test_gc_refuses_while_a_writer_runs(tmp_path: Path) -> None:
     repo = Repository.open_or_init(tmp_path / "repo", block_size=BS)
-    with repo.writer("vm1"), pytest.raises(LockedError, match="an export, restore or verify is running"):
+    running = "an export, restore or verify is running"
+    with repo.writer("vm1"), pytest.raises(LockedError, match=running):
         collect_garbage(repo)
     collect_garbage(repo)  # free again
 
