@@ -283,8 +283,11 @@ class Repository:
             raise NotFoundError(
                 f"generation {manifest.id} has no disk {disk_key!r} (disks: {keys})"
             )
-        path = self.root / record.index
         where = f"index of {manifest.vm_id}/{manifest.id}/{disk_key}"
+        path = self.layout.index(manifest.vm_id, manifest.id, disk_key)
+        if record.index != self.layout.relative(path):
+            # Never follow a path read from a file anywhere else (e.g. "../../etc/x").
+            raise IntegrityError(f"{where}: the manifest names it at {record.index!r}")
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
