@@ -32,7 +32,7 @@ from hypersdk.errors import (
     RepositoryError,
     UsageError,
 )
-from hypersdk.repository.files import DIR_MODE, FILE_MODE, rename_no_replace
+from hypersdk.repository.files import DIR_MODE, FILE_MODE, fsync_dir, rename_no_replace
 from hypersdk.repository.index import DiskIndex
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
@@ -150,11 +150,13 @@ def _restore_file(
             image = work / f"image.{fmt}"
             _convert(raw, image, fmt)
             os.chmod(image, FILE_MODE)  # qemu-img creates it by the umask
+            _fsync(image)
         try:
             if force:
                 os.replace(image, dest)
             else:
                 rename_no_replace(image, dest)
+            fsync_dir(dest.parent)  # the name is durable after the bytes (fsynced above)
         except FileExistsError:
             raise ConflictError(
                 f"{dest} appeared during the restore and was not replaced; "
@@ -236,6 +238,14 @@ def _write_raw(
     finally:
         os.close(fd)
     return written
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _convert(raw: Path, out: Path, fmt: str) -> None:
