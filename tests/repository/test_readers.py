@@ -118,3 +118,33 @@ def test_a_cancelled_restore_leaves_nothing(repo: Repository, tmp_path: Path) ->
         restore_disk(repo, m, "disk-0", tmp_path / "out.raw", progress=stop, cancel=cancel)
     assert not (tmp_path / "out.raw").exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_a_reader_of_a_read_only_repository_locks_read_only(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore from a read-only mount still takes the shared lock (read-only) when the
+    lock file exists, and goes on without one when it was never made there."""
+    import errno
+
+    import hypersdk.repository.locks as locks
+
+    real_open = os.open
+
+    def read_only_fs(path: str | os.PathLike[str], flags: int, *args: int) -> int:
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    m = repo.generations("vm1")[0]
+    with repo.exclusive():
+        monkeypatch.setattr(locks.os, "open", read_only_fs)
+        with pytest.raises(LockedError, match="gc is running"), repo.reader():
+            pass
+        monkeypatch.undo()
+    (repo.layout.repository_lock).unlink()
+    monkeypatch.setattr(locks.os, "open", read_only_fs)
+    with repo.reader():
+        pass  # no lock file and none can be made: nobody can run gc here either
+    monkeypatch.undo()
+    restore_disk(repo, m, "disk-0", tmp_path / "out.raw")

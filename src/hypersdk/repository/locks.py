@@ -36,27 +36,35 @@ def _describe(holder: dict[str, object]) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
 
 
+def _open(path: Path, shared: bool) -> int | None:
+    """The lock file's descriptor; None for a reader on a read-only file system where it
+    was never made (nobody can run gc there, so there is nothing to lock against)."""
+    try:
+        make_private_dirs(path.parent)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if not shared or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        denied = exc
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if denied.errno != errno.EROFS:
+            raise denied from None
+        return None
+
+
 @contextmanager
 def hold(path: Path, *, shared: bool, what: str) -> Iterator[dict[str, object]]:
     """Hold the lock at ``path``; yields the record of a dead previous holder, if any.
 
     A shared holder that may not write the repository (a read-only mount or another
-    user's repository) locks the file read-only; on a read-only file system where the
-    lock file was never made, nobody can run gc, so a reader goes on without it.
+    user's repository) locks the file read-only (flock works on any descriptor).
     """
-    try:
-        make_private_dirs(path.parent)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    except OSError as exc:
-        if not shared or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if exc.errno != errno.EROFS:
-                raise exc from None
-            yield {}
-            return
+    fd = _open(path, shared)
+    if fd is None:
+        yield {}
+        return
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
