@@ -13,6 +13,7 @@ is bounded by the number of blocks in flight, never by the disk size.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -37,6 +38,8 @@ from hypersdk.repository.manifest import (
     utc_now,
 )
 from hypersdk.repository.repository import Repository
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], None]
 
@@ -253,6 +256,8 @@ def _copy_disk(
         stored = repo.chunks.read(cid)
         if stored is not None and repo.codec.reusable(stored, cid):
             return block, cid, 0, 0
+        if stored is not None:
+            log.warning("chunk %s is damaged on disk; writing it again", cid.hex())
         sealed = repo.codec.seal(data)
         batch.put(cid, sealed)
         return block, cid, len(sealed), 1 if stored is None else 2
