@@ -66,7 +66,7 @@ def test_flipped_byte_in_a_chunk(repo_with_two: tuple[Repository, Path]) -> None
         "restore", "--output", str(repo.root), "--vm", "vm1", "--to", str(tmp / "o.raw")
     )
     assert proc.returncode == 1
-    assert "does not match its hash" in proc.stderr and "Traceback" not in proc.stderr
+    assert "checksum mismatch (CRC32C)" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_truncated_index(repo_with_two: tuple[Repository, Path]) -> None:
@@ -104,5 +104,19 @@ def test_manifest_of_another_repository_is_refused(tmp_path: Path) -> None:
     target = b.layout.manifest("vm1", m.id)
     target.parent.mkdir(parents=True)
     target.write_bytes(a.layout.manifest("vm1", m.id).read_bytes())
+    assert b.generations("vm1") == []  # skipped with a warning, never trusted
     with pytest.raises(IntegrityError, match="another repository"):
-        b.generations("vm1")
+        b.generation("vm1", m.id)
+
+
+def test_an_index_path_outside_its_place_is_refused(repo_with_two: tuple[Repository, Path]) -> None:
+    """A manifest (even with a valid checksum) cannot make a reader open another file."""
+    repo, tmp = repo_with_two
+    m = repo.generations("vm1")[0]
+    outside = tmp / "elsewhere.idx"
+    outside.write_bytes((repo.root / m.disks[0].index).read_bytes())
+    m.disks[0].index = "../elsewhere.idx"
+    repo.layout.manifest("vm1", m.id).write_bytes(m.encode())  # re-sealed: checksum is fine
+    again = repo.generation("vm1", m.id)
+    with pytest.raises(IntegrityError, match=r"the manifest names it at '\.\./elsewhere\.idx'"):
+        repo.load_index(again, "disk-0")

@@ -35,8 +35,14 @@ def test_compression_shrinks_and_random_data_falls_back_to_none() -> None:
         (lambda b: b"XXXX" + b[4:], "bad magic"),
         (lambda b: b[:4] + b"\x09" + b[5:], "unsupported object version"),
         (lambda b: b[:-1], "payload is"),
-        (lambda b: b[:40] + bytes([b[40] ^ 0x01]) + b[41:], "decompress|does not match|decoded"),
+        # v2: the CRC32C finds a flipped bit before anything is decompressed, in the
+        # payload, in the plaintext length, in the compression byte and in the CRC itself
+        (lambda b: b[:40] + bytes([b[40] ^ 0x01]) + b[41:], "checksum mismatch"),
+        (lambda b: b[:8] + bytes([b[8] ^ 0x01]) + b[9:], "checksum mismatch"),
+        (lambda b: b[:5] + bytes([2]) + b[6:], "checksum mismatch"),
+        (lambda b: b[:17] + bytes([b[17] ^ 0x80]) + b[18:], "checksum mismatch"),
         (lambda b: b[:10], "truncated"),
+        (lambda b: b[:18], "truncated"),
     ],
 )
 def test_damaged_objects_are_refused(mutate, message: str) -> None:  # type: ignore[no-untyped-def]

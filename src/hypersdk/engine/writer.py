@@ -2,25 +2,32 @@
 
 For each disk the engine starts from a base index (the parent's for an incremental, all
 zero for a full export), plans which blocks to read from the changed extents, and runs a
-bounded thread pipeline: read -> zero check -> hash -> skip if stored -> compress -> write.
+bounded thread pipeline: read -> zero check -> hash -> reuse if stored and intact ->
+compress -> write. A stored chunk is reused only after its envelope check (header, length,
+CRC32C: one read, no decompression); a chunk file that fails it (a crash left its name
+over empty or zeroed bytes) is written again. New chunks get their names only after their
+bytes are durable (``ChunkBatch``).
 Hashing, zstd and file/socket I/O release the GIL, so the workers use every core. Memory
 is bounded by the number of blocks in flight, never by the disk size.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 
 from hypersdk import __version__
 from hypersdk.engine.plan import READ, ZERO, plan_blocks
 from hypersdk.engine.source import DiskSnapshot, VmIdentity
 from hypersdk.errors import ExportCancelled, RepositoryError, UsageError
+from hypersdk.repository.chunkstore import ChunkBatch
 from hypersdk.repository.envelope import chunk_id
 from hypersdk.repository.index import DiskIndex
 from hypersdk.repository.manifest import (
@@ -31,6 +38,8 @@ from hypersdk.repository.manifest import (
     utc_now,
 )
 from hypersdk.repository.repository import Repository
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], None]
 
@@ -52,6 +61,7 @@ class DiskStats:
     bytes_stored: int = 0
     chunks_new: int = 0
     chunks_reused: int = 0
+    chunks_rewritten: int = 0  # stored under their name but damaged: written again
     zero_blocks: int = 0
 
 
@@ -108,21 +118,45 @@ class GenerationWriter:
     ) -> GenerationResult:
         """Write and commit a generation; ``parent`` makes it incremental."""
         opts = options or ExportOptions()
-        repo, block_size = self.repo, self.repo.config.block_size
+        repo = self.repo
         if parent is not None:
             self._check_parent(parent, disks)
         started = utc_now()
         t0 = time.monotonic()
+        stats: dict[str, DiskStats] = {}
+        batch = repo.chunks.stage()
+        try:
+            manifest = self._write(disks, parent, reason, opts, batch, stats, started, t0)
+            if opts.cancel is not None and opts.cancel.is_set():
+                raise ExportCancelled("export cancelled; nothing was committed")
+            repo.commit(manifest, batch)
+        except BaseException:
+            batch.discard()  # temp files not yet named; a crash leaves them for gc
+            raise
+        return GenerationResult(manifest, time.monotonic() - t0, stats)
+
+    def _write(
+        self,
+        disks: Sequence[DiskSnapshot],
+        parent: Manifest | None,
+        reason: str,
+        opts: ExportOptions,
+        batch: ChunkBatch,
+        stats: dict[str, DiskStats],
+        started: datetime,
+        t0: float,
+    ) -> Manifest:
+        """Store every disk's chunks and index; returns the manifest to commit."""
+        repo, block_size = self.repo, self.repo.config.block_size
         gen_id = new_generation_id(started)
         records: list[DiskRecord] = []
-        stats: dict[str, DiskStats] = {}
         for disk in disks:
             base = (
                 repo.load_index(parent, disk.key)
                 if parent is not None
                 else DiskIndex.empty(disk.capacity_bytes, block_size)
             )
-            index, disk_stats = _copy_disk(repo, disk, base, opts)
+            index, disk_stats = _copy_disk(repo, disk, base, opts, batch)
             rel, digest = repo.write_index(self.vm.vm_id, gen_id, disk.key, index)
             stats[disk.key] = disk_stats
             records.append(
@@ -144,7 +178,7 @@ class GenerationWriter:
             )
         duration = time.monotonic() - t0
         read = sum(s.bytes_read for s in stats.values())
-        manifest = Manifest(
+        return Manifest(
             id=gen_id,
             vm_id=self.vm.vm_id,
             vm_name=self.vm.name,
@@ -168,10 +202,6 @@ class GenerationWriter:
                 "throughput_mib_s": round(read / duration / 2**20, 1) if duration else 0.0,
             },
         )
-        if opts.cancel is not None and opts.cancel.is_set():
-            raise ExportCancelled("export cancelled; nothing was committed")
-        repo.commit(manifest)
-        return GenerationResult(manifest, time.monotonic() - t0, stats)
 
     def _check_parent(self, parent: Manifest, disks: Sequence[DiskSnapshot]) -> None:
         """Last guard against chaining onto the wrong base (the decision logic decides
@@ -192,7 +222,7 @@ class GenerationWriter:
 
 
 def _copy_disk(
-    repo: Repository, disk: DiskSnapshot, base: DiskIndex, opts: ExportOptions
+    repo: Repository, disk: DiskSnapshot, base: DiskIndex, opts: ExportOptions, batch: ChunkBatch
 ) -> tuple[DiskIndex, DiskStats]:
     block_size = repo.config.block_size
     plan = plan_blocks(disk.capacity_bytes, block_size, disk.changed)
@@ -206,7 +236,7 @@ def _copy_disk(
     seen_lock = threading.Lock()
 
     def work(block: int) -> tuple[int, bytes | None, int, int]:
-        """Returns (block, chunk id or None, bytes stored, 1 if new else 0)."""
+        """Returns (block, chunk id or None, bytes stored, 0 reused / 1 new / 2 rewritten)."""
         length = plan.length(block)
         data = disk.reader.pread(block * block_size, length)
         if len(data) != length:
@@ -220,11 +250,17 @@ def _copy_disk(
         with seen_lock:
             claimed = cid in seen
             seen.add(cid)
-        if claimed or repo.chunks.has(cid):
+        if claimed or batch.staged(cid):
             return block, cid, 0, 0
+        # Never trust a chunk because its file exists: check it before reusing it.
+        stored = repo.chunks.read(cid)
+        if stored is not None and repo.codec.reusable(stored, cid):
+            return block, cid, 0, 0
+        if stored is not None:
+            log.warning("chunk %s is damaged on disk; writing it again", cid.hex())
         sealed = repo.codec.seal(data)
-        repo.chunks.put(cid, sealed)
-        return block, cid, len(sealed), 1
+        batch.put(cid, sealed)
+        return block, cid, len(sealed), 1 if stored is None else 2
 
     def collect(fut: Future[tuple[int, bytes | None, int, int]]) -> None:
         block, cid, stored, new = fut.result()  # re-raises a worker's error
@@ -236,6 +272,8 @@ def _copy_disk(
         elif new:
             stats.chunks_new += 1
             stats.bytes_stored += stored
+            if new == 2:
+                stats.chunks_rewritten += 1
         else:
             stats.chunks_reused += 1
         if opts.progress is not None:

@@ -2,8 +2,8 @@
 
 Runs only under the exclusive repository lock, which no writer holds: a writer that
 skipped a chunk because it existed must never see it deleted before its manifest is
-committed. Refuses to delete anything if an index cannot be read, since then it cannot
-know what is referenced.
+committed. Refuses to delete anything if a manifest or an index cannot be read, since
+then it cannot know what is referenced.
 """
 
 from __future__ import annotations
@@ -29,6 +29,13 @@ class GcReport:
 def collect_garbage(repo: Repository, *, dry_run: bool = False) -> GcReport:
     report = GcReport()
     with repo.exclusive():
+        damaged = repo.damaged()
+        if damaged:
+            b = damaged[0]
+            raise RepositoryError(
+                f"gc refused, nothing removed: generation {b.generation} of VM {b.vm} is "
+                f"damaged ({b.problem}); run hyperctl verify"
+            )
         referenced: set[bytes] = set()
         live_index_dirs: set[str] = set()
         for vm_id in repo.vm_ids():

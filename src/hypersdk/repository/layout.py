@@ -2,9 +2,10 @@
 
 <repo>/config                                   repository config (JSON)
 <repo>/data/<hh>/<64 hex>                       chunk objects, <hh> = first two hex digits
+<repo>/data/<hh>/<64 hex>.<random>.tmp          a chunk not yet named (its batch is not synced)
 <repo>/vms/<vm>/generations/<generation>.json   manifests: a generation exists iff this does
 <repo>/vms/<vm>/indexes/<generation>/<disk>.idx one index per disk
-<repo>/locks/repository.lock                    writers hold it shared, gc exclusive
+<repo>/locks/repository.lock                    writers and readers hold it shared, gc exclusive
 <repo>/locks/vm-<vm>.lock                       one writer per VM
 <repo>/tmp/                                     temporary files; leftovers are gc's
 """

@@ -1,7 +1,14 @@
-"""Generation manifests: the JSON document whose presence makes a generation exist."""
+"""Generation manifests: the JSON document whose presence makes a generation exist.
+
+Version 2 carries ``checksum``: ``sha256:`` and the SHA-256 of the document's canonical
+JSON without that field (``canonical``), so a flipped digit is found. Version 1 (no
+checksum) is still read. ``decode`` checks the shape and the type of every field and
+turns any problem into one ``IntegrityError``: a manifest is data from disk, never trusted.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -11,7 +18,18 @@ from typing import Any
 from hypersdk.errors import IntegrityError
 
 FORMAT = "hypersdk-generation"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # what readers accept
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    """The bytes the checksum covers: keys sorted, no whitespace, ASCII only."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def checksum(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return "sha256:" + hashlib.sha256(canonical(body)).hexdigest()
 
 
 def utc_now() -> datetime:
@@ -71,38 +89,87 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         vm = {"id": doc.pop("vm_id"), "name": doc.pop("vm_name"), "platform": doc.pop("platform")}
-        return {"format": FORMAT, "version": VERSION, "vm": vm, **doc}
+        out = {"format": FORMAT, "version": VERSION, "vm": vm, **doc}
+        out["checksum"] = checksum(out)
+        return out
 
     def encode(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n").encode()
 
     @classmethod
     def decode(cls, blob: bytes, where: str = "manifest") -> Manifest:
+        """Parse and check one manifest; any problem is an IntegrityError naming ``where``."""
         try:
             doc = json.loads(blob)
-            if doc.get("format") != FORMAT:
-                raise IntegrityError(f"{where}: not a HyperSDK generation manifest")
-            if doc.get("version") != VERSION:
-                raise IntegrityError(f"{where}: unsupported manifest version {doc.get('version')}")
-            vm = doc["vm"]
-            disks = [DiskRecord(**d) for d in doc["disks"]]
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{where}: not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise IntegrityError(f"{where}: not a manifest (a JSON {type(doc).__name__})")
+        if doc.get("format") != FORMAT:
+            raise IntegrityError(f"{where}: not a HyperSDK generation manifest")
+        version = doc.get("version")
+        if type(version) is not int or version not in VERSIONS:
+            raise IntegrityError(f"{where}: unsupported manifest version {version!r}")
+        if version >= 2 and doc.get("checksum") != checksum(doc):
+            raise IntegrityError(f"{where}: checksum mismatch (the manifest was altered)")
+        try:
+            vm = _field(doc, "vm", dict)
+            disks = [_disk(d) for d in _field(doc, "disks", list)]
+            stats = _field(doc, "stats", dict, {})
+            if not all(isinstance(k, str) and _number(v) for k, v in stats.items()):
+                raise ValueError("stats must map names to numbers")
             return cls(
-                id=doc["id"],
-                vm_id=vm["id"],
-                vm_name=vm["name"],
-                platform=vm["platform"],
-                repository_id=doc["repository_id"],
-                parent=doc["parent"],
-                type=doc["type"],
-                reason=doc["reason"],
-                block_size=int(doc["block_size"]),
-                created=doc["created"],
-                completed=doc["completed"],
-                tool_version=doc["tool_version"],
+                id=_field(doc, "id", str),
+                vm_id=_field(vm, "id", str),
+                vm_name=_field(vm, "name", str),
+                platform=_field(vm, "platform", str),
+                repository_id=_field(doc, "repository_id", str),
+                parent=_field(doc, "parent", (str, type(None))),
+                type=_field(doc, "type", str),
+                reason=_field(doc, "reason", str),
+                block_size=_field(doc, "block_size", int),
+                created=_field(doc, "created", str),
+                completed=_field(doc, "completed", str),
+                tool_version=_field(doc, "tool_version", str),
                 disks=disks,
-                stats=dict(doc.get("stats", {})),
+                stats=stats,
             )
-        except IntegrityError:
-            raise
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"{where}: malformed manifest ({exc})") from exc
+        except ValueError as exc:
+            raise IntegrityError(f"{where}: malformed manifest ({exc})") from None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _field(doc: dict[str, Any], key: str, kind: Any, default: Any = ...) -> Any:
+    """``doc[key]`` if it has type ``kind`` (bool is not an int here), else ValueError."""
+    if key not in doc:
+        if default is not ...:
+            return default
+        raise ValueError(f"missing field {key!r}")
+    value = doc[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ValueError(f"field {key!r} has the wrong type")
+    if not isinstance(value, kinds):
+        raise ValueError(f"field {key!r} has the wrong type")
+    return value
+
+
+def _disk(doc: object) -> DiskRecord:
+    if not isinstance(doc, dict):
+        raise ValueError("a disk record is not an object")
+    text = ("key", "change_id", "index", "index_sha256")
+    counts = ("capacity_bytes", "blocks", "zero_blocks")
+    extra_counts = ("bytes_read", "bytes_stored", "chunks_new", "chunks_reused")
+    record = DiskRecord(
+        **{k: _field(doc, k, str) for k in text},
+        **{k: _field(doc, k, int) for k in counts},
+        **{k: _field(doc, k, int, 0) for k in extra_counts},
+        path=_field(doc, "path", str, ""),
+        backing_info=_field(doc, "backing_info", str, ""),
+    )
+    if record.capacity_bytes < 0 or record.blocks < 0:
+        raise ValueError(f"disk {record.key!r} has a negative size")
+    return record

@@ -3,6 +3,12 @@
 Raw images are written sparse: zero blocks stay holes. qcow2 and vmdk are made from a
 sparse raw temp file by ``qemu-img convert``. Every chunk is checked against its hash as
 it is read; on any failure the partial output is removed and nothing is left behind.
+
+Temp files live in a private (0700) folder beside the target, on the same file system,
+and the finished image (0600) is published by one rename: without ``force`` a rename that
+never replaces (a file that appeared at the target meanwhile is kept and the restore
+fails), with ``force`` an atomic replace. The repository lock is held shared throughout,
+so gc cannot delete a chunk being read.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypersdk.errors import ExportCancelled, IntegrityError, RepositoryError, UsageError
+from hypersdk.errors import (
+    ConflictError,
+    ExportCancelled,
+    IntegrityError,
+    RepositoryError,
+    UsageError,
+)
+from hypersdk.repository.files import DIR_MODE, FILE_MODE, fsync_dir, rename_no_replace
 from hypersdk.repository.index import DiskIndex
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
@@ -86,29 +99,17 @@ def restore_disk(
         raise UsageError("a block device can only receive --format raw")
     if not dest.parent.is_dir():
         raise UsageError(f"folder {dest.parent} does not exist")
-    index = repo.load_index(manifest, disk_key)
-    where = f"{manifest.vm_id}/{manifest.id}/{disk_key}"
-
-    if is_device:
-        written = _write_raw(
-            repo, index, dest, where, parallel, progress, sparse=False, cancel=cancel
-        )
-    else:
-        partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
-        raw = partial if fmt == "raw" else partial.with_suffix(".raw")
-        try:
+    with repo.reader():
+        index = repo.load_index(manifest, disk_key)
+        where = f"{manifest.vm_id}/{manifest.id}/{disk_key}"
+        if is_device:
             written = _write_raw(
-                repo, index, raw, where, parallel, progress, sparse=True, cancel=cancel
+                repo, index, dest, where, parallel, progress, sparse=False, cancel=cancel
             )
-            if fmt != "raw":
-                _convert(raw, partial, fmt)
-            os.replace(partial, dest)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        finally:
-            if raw != partial:
-                raw.unlink(missing_ok=True)
+        else:
+            written = _restore_file(
+                repo, index, dest, where, fmt, force, parallel, progress, cancel
+            )
     return RestoreResult(
         vm_id=manifest.vm_id,
         generation=manifest.id,
@@ -119,6 +120,53 @@ def restore_disk(
         bytes_written=written,
         zero_blocks=index.zero_blocks(),
     )
+
+
+def _restore_file(
+    repo: Repository,
+    index: DiskIndex,
+    dest: Path,
+    where: str,
+    fmt: str,
+    force: bool,
+    parallel: int,
+    progress: Callable[[int], None] | None,
+    cancel: threading.Event | None,
+) -> int:
+    """Write the image in a private temp folder beside ``dest``, then publish it."""
+    work = dest.with_name(f".{dest.name}.restore-{uuid.uuid4().hex[:8]}")
+    try:
+        os.mkdir(work, DIR_MODE)
+        os.chmod(work, DIR_MODE)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise RepositoryError(f"cannot write in {dest.parent}: {exc.strerror}") from exc
+    try:
+        raw = work / "image.raw"
+        written = _write_raw(
+            repo, index, raw, where, parallel, progress, sparse=True, cancel=cancel
+        )
+        image = raw
+        if fmt != "raw":
+            image = work / f"image.{fmt}"
+            _convert(raw, image, fmt)
+            os.chmod(image, FILE_MODE)  # qemu-img creates it by the umask
+            _fsync(image)
+        try:
+            if force:
+                os.replace(image, dest)
+            else:
+                rename_no_replace(image, dest)
+            fsync_dir(dest.parent)  # the name is durable after the bytes (fsynced above)
+        except FileExistsError:
+            raise ConflictError(
+                f"{dest} appeared during the restore and was not replaced; "
+                "use --force to overwrite it"
+            ) from None
+        except OSError as exc:
+            raise RepositoryError(f"cannot write {dest}: {exc.strerror}") from exc
+        return written
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _write_raw(
@@ -134,7 +182,9 @@ def _write_raw(
 ) -> int:
     flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if sparse else 0)
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, FILE_MODE)
+        if sparse:
+            os.fchmod(fd, FILE_MODE)  # a restored disk is private, whatever the umask
     except OSError as exc:
         raise RepositoryError(f"cannot write {path}: {exc.strerror}") from exc
     block_size = index.block_size
@@ -188,6 +238,14 @@ def _write_raw(
     finally:
         os.close(fd)
     return written
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _convert(raw: Path, out: Path, fmt: str) -> None:

@@ -2,21 +2,23 @@
 
 Reads every index (checksum, header, size), then every chunk the indexes reference once,
 decompressing and re-hashing it. A damaged chunk is reported for every place it is used:
-VM, generation, disk and the byte ranges it fills.
+VM, generation, disk and the byte ranges it fills. A damaged manifest is reported too
+(disk empty, naming its VM folder and file name) and never stops the others being checked.
+The repository lock is held shared, so gc cannot delete what is being checked.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from hypersdk.errors import ExportCancelled, HyperSDKError
+from hypersdk.errors import ExportCancelled, HyperSDKError, IntegrityError
 from hypersdk.repository.index import DiskIndex
 from hypersdk.repository.manifest import Manifest
-from hypersdk.repository.repository import Repository
+from hypersdk.repository.repository import BadManifest, Repository
 from hypersdk.repository.restore import read_chunk
 
 
@@ -24,7 +26,7 @@ from hypersdk.repository.restore import read_chunk
 class Damage:
     vm: str
     generation: str
-    disk: str
+    disk: str  # empty when the manifest itself is damaged
     problem: str
     chunk: str = ""  # hex id, empty when the index itself is damaged
     ranges: list[tuple[int, int]] = field(default_factory=list)  # [start, end) byte offsets
@@ -44,6 +46,8 @@ class VerifyReport:
 
 
 def select(repo: Repository, vm: str | None, generation: str | None) -> list[Manifest]:
+    """The readable manifests to check; raises IntegrityError when ``generation`` names a
+    damaged one (``select_with_damage`` reports it instead)."""
     vms = [vm] if vm is not None else repo.vm_ids()
     out: list[Manifest] = []
     for vm_id in vms:
@@ -54,6 +58,29 @@ def select(repo: Repository, vm: str | None, generation: str | None) -> list[Man
     return out
 
 
+def select_with_damage(
+    repo: Repository, vm: str | None, generation: str | None
+) -> tuple[list[Manifest], list[BadManifest]]:
+    """The readable manifests to check and the damaged ones in the same selection."""
+    damaged = repo.damaged(vm)
+    if generation is None or vm is None:
+        return select(repo, vm, generation), damaged
+    try:
+        return [repo.generation(vm, generation)], []
+    except IntegrityError:
+        # The generation asked for is damaged (for "latest": a newer one is): report it.
+        good = {m.id for m in repo.generations(vm)}
+        newest = max(good, default="")
+        hit = [
+            b
+            for b in damaged
+            if b.generation == generation or (generation == "latest" and b.generation > newest)
+        ]
+        if not hit:
+            raise
+        return [], hit
+
+
 def verify(
     repo: Repository,
     manifests: list[Manifest],
@@ -61,9 +88,25 @@ def verify(
     parallel: int = 4,
     progress: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
+    damaged: Sequence[BadManifest] = (),
 ) -> VerifyReport:
-    """``cancel`` is checked between chunks; when set, ExportCancelled is raised."""
-    report = VerifyReport(generations=len(manifests))
+    """``cancel`` is checked between chunks; when set, ExportCancelled is raised.
+    ``damaged`` manifests (from ``select_with_damage``) are reported as damage."""
+    with repo.reader():
+        return _verify(repo, manifests, parallel, progress, cancel, damaged)
+
+
+def _verify(
+    repo: Repository,
+    manifests: list[Manifest],
+    parallel: int,
+    progress: Callable[[int], None] | None,
+    cancel: threading.Event | None,
+    damaged: Sequence[BadManifest],
+) -> VerifyReport:
+    report = VerifyReport(generations=len(manifests) + len(damaged))
+    for b in damaged:
+        report.damage.append(Damage(b.vm, b.generation, "", b.problem))
     indexes: list[tuple[Manifest, str, DiskIndex]] = []
     for m in manifests:
         for d in m.disks:

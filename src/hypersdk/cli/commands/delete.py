@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json
 from hypersdk.repository.repository import Repository
 
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    show_repository_warnings()
     m = Repository.open(args.output).delete_generation(args.vm, args.generation)
     if args.json:
         print_json({"deleted": m.id, "vm": m.vm_id})

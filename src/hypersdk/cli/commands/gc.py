@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
+from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json
 from hypersdk.repository.gc import collect_garbage
 from hypersdk.repository.repository import Repository
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    show_repository_warnings()
     report = collect_garbage(Repository.open(args.output), dry_run=args.dry_run)
     if args.json:
         print_json({"dry_run": args.dry_run, **asdict(report)})

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
@@ -44,6 +45,7 @@ def generation_json(m: Manifest) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    show_repository_warnings()
     repo = Repository.open(args.output)
     vms = [args.vm] if args.vm else repo.vm_ids()
     gens = sorted((m for vm in vms for m in repo.generations(vm)), key=lambda m: (m.created, m.id))

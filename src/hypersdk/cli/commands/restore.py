@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 
+from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import FORMATS, pick_disk, restore_disk
@@ -40,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    show_repository_warnings()
     opts = RestoreOptions(
         args.output,
         args.vm,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
+from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json
 from hypersdk.errors import UsageError
 from hypersdk.repository.repository import Repository
-from hypersdk.repository.verify import select, verify
+from hypersdk.repository.verify import select_with_damage, verify
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,14 +23,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    show_repository_warnings()
     if args.generation and not args.vm:
         raise UsageError("--generation needs --vm")
     repo = Repository.open(args.output)
-    report = verify(repo, select(repo, args.vm, args.generation), parallel=args.parallel)
+    manifests, damaged = select_with_damage(repo, args.vm, args.generation)
+    report = verify(repo, manifests, parallel=args.parallel, damaged=damaged)
     if args.json:
         print_json({"ok": report.ok, **asdict(report)})
     else:
         for d in report.damage:
+            if not d.disk:
+                print(f"DAMAGED {d.vm} generation {d.generation} manifest: {d.problem}")
+                continue
             ranges = ", ".join(f"{a}-{b}" for a, b in d.ranges) or "-"
             chunk = f" chunk {d.chunk}" if d.chunk else ""
             print(
