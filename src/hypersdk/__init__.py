@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hypersdk.client import (
         AsyncHyperSDK,
         Conflict,
+        Forbidden,
         HyperSDK,
         HyperSDKAPIError,
         InvalidRequest,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncHyperSDK",
     "Conflict",
+    "Forbidden",
     "HyperSDK",
     "HyperSDKAPIError",
     "InvalidRequest",

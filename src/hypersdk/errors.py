@@ -7,11 +7,12 @@ translated into these at the boundary, chained with ``from``.
 
     HyperSDKError                      exit 1, HTTP 500
     ├── UsageError                     exit 2, HTTP 422  bad flag or field value
+    │   └── ForbiddenPath                       HTTP 403  a path outside the allowed folders
     ├── NotFoundError                  exit 2, HTTP 404  unknown VM, disk, generation, job
     ├── ConflictError                  exit 1, HTTP 409  something else holds the resource
     │   └── LockedError                                  another writer holds the VM's lock
     ├── RepositoryError                exit 1, HTTP 500  the repository cannot be used
-    │   └── IntegrityError                               stored data fails its checks
+    │   └── IntegrityError                     HTTP 409  stored data fails its checks (damaged)
     ├── ProviderError                  exit 1, HTTP 502  the hypervisor failed or refused
     │   ├── ConnectionFailed                             cannot reach the hypervisor
     │   ├── CbtUnavailable                               tracking cannot be used for this disk
@@ -37,6 +38,14 @@ class UsageError(HyperSDKError):
     code = "invalid_argument"
 
 
+class ForbiddenPath(UsageError):
+    """A request names a path outside the allowed folders (or a kind of file that the
+    daemon does not touch)."""
+
+    http_status = 403
+    code = "forbidden_path"
+
+
 class NotFoundError(HyperSDKError):
     exit_code = 2
     http_status = 404
@@ -57,6 +66,9 @@ class RepositoryError(HyperSDKError):
 
 
 class IntegrityError(RepositoryError):
+    # The repository holds the thing asked for, but damaged: a conflict with its state,
+    # not a failure of the daemon (never a 500).
+    http_status = 409
     code = "integrity_error"
 
 

@@ -13,6 +13,7 @@ def test_all_is_pinned() -> None:
     expected = [
         "AsyncHyperSDK",
         "Conflict",
+        "Forbidden",
         "HyperSDK",
         "HyperSDKAPIError",
         "InvalidRequest",

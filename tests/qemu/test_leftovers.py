@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,12 +23,14 @@ from tests.rigs.qsd import MiB, QemuStorageDaemon
 
 
 @pytest.fixture
-def session_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Sessions make their folders here, not in the /tmp other test runs share."""
-    folder = tmp_path / "t"
-    folder.mkdir()
+def session_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Sessions make their folders here, not in the /tmp other test runs share. Short,
+    directly in /tmp: a QMP socket of a rig started inside it must stay under the
+    108-byte limit of a unix socket path whatever the pid and pytest's folder names."""
+    folder = Path(tempfile.mkdtemp(prefix="hs-", dir="/tmp"))
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def dead_pid() -> int:

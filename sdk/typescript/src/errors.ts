@@ -4,6 +4,7 @@
  *     HyperSDKError                status, code, message (from {"error": {"code","message"}})
  *     ├── BadRequestError          400 bad_request: malformed body
  *     ├── UnauthorizedError        401 unauthorized: missing or wrong token
+ *     ├── ForbiddenError           403 forbidden_path: a path outside the allowed folders
  *     ├── NotFoundError            404 not_found: unknown VM or job
  *     ├── ConflictError            409 conflict, locked: export already running, job finished
  *     ├── InvalidArgumentError     422 invalid_argument: a field has a bad value
@@ -47,6 +48,8 @@ export class HyperSDKError extends Error {
 export class BadRequestError extends HyperSDKError {}
 /** 401: the token is missing or wrong. */
 export class UnauthorizedError extends HyperSDKError {}
+/** 403: a path outside the daemon's allowed folders. */
+export class ForbiddenError extends HyperSDKError {}
 /** 404: unknown VM or job. */
 export class NotFoundError extends HyperSDKError {}
 /** 409: e.g. an export of that VM is already running, a finished job cannot be cancelled. */
@@ -79,6 +82,7 @@ type HttpErrorClass = new (init: HyperSDKErrorInit) => HyperSDKError;
 const BY_STATUS: Readonly<Record<number, HttpErrorClass>> = {
   400: BadRequestError,
   401: UnauthorizedError,
+  403: ForbiddenError,
   404: NotFoundError,
   409: ConflictError,
   422: InvalidArgumentError,
@@ -88,6 +92,7 @@ const BY_STATUS: Readonly<Record<number, HttpErrorClass>> = {
 const DEFAULT_CODE: Readonly<Record<number, string>> = {
   400: 'bad_request',
   401: 'unauthorized',
+  403: 'forbidden_path',
   404: 'not_found',
   409: 'conflict',
   422: 'invalid_argument',

@@ -17,6 +17,7 @@ export {
   HyperSDKError,
   BadRequestError,
   UnauthorizedError,
+  ForbiddenError,
   NotFoundError,
   ConflictError,
   InvalidArgumentError,

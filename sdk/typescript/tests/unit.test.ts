@@ -19,6 +19,7 @@ import {
   ProviderError,
   TimeoutError,
   UnauthorizedError,
+  ForbiddenError,
   parseSSE,
   type CBTStatus,
   type IncrementalAnalysis,
@@ -99,6 +100,7 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
         'DEFAULT_BASE_URL',
         'DEFAULT_POLL_INTERVAL_MS',
         'DEFAULT_TIMEOUT_MS',
+        'ForbiddenError',
         'HyperSDK',
         'HyperSDKError',
         'InvalidArgumentError',
@@ -439,6 +441,7 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
     const cases: Array<[number, string, new (...a: never[]) => HyperSDKError]> = [
       [400, 'bad_request', BadRequestError],
       [401, 'unauthorized', UnauthorizedError],
+      [403, 'forbidden_path', ForbiddenError],
       [404, 'not_found', NotFoundError],
       [409, 'locked', ConflictError],
       [422, 'invalid_argument', InvalidArgumentError],

@@ -4,6 +4,7 @@ over httpx. The contract is docs/api.md; the implementation modules are private.
 from hypersdk.client._async import AsyncHyperSDK
 from hypersdk.client._errors import (
     Conflict,
+    Forbidden,
     HyperSDKAPIError,
     InvalidRequest,
     JobTimeout,
@@ -18,6 +19,7 @@ from hypersdk.client._sync import HyperSDK
 __all__ = [
     "AsyncHyperSDK",
     "Conflict",
+    "Forbidden",
     "HyperSDK",
     "HyperSDKAPIError",
     "InvalidRequest",

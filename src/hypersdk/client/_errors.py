@@ -5,6 +5,7 @@ are translated too (chained with ``from``), so no httpx exception reaches the ca
     HyperSDKAPIError               any failure talking to hypervisord
     ├── InvalidRequest             400 bad_request, 422 invalid_argument
     ├── Unauthorized               401 unauthorized
+    ├── Forbidden                  403 forbidden_path: a path outside the daemon's allowed folders
     ├── NotFound                   404 not_found
     ├── Conflict                   409 conflict, locked, cancelled
     ├── ProviderFailure            502 provider_error, connection_failed, nbd_error, ...
@@ -40,6 +41,10 @@ class Unauthorized(HyperSDKAPIError):
     pass
 
 
+class Forbidden(HyperSDKAPIError):
+    pass
+
+
 class NotFound(HyperSDKAPIError):
     pass
 
@@ -69,6 +74,7 @@ class JobTimeout(HyperSDKAPIError, TimeoutError):
 _BY_STATUS: dict[int, type[HyperSDKAPIError]] = {
     400: InvalidRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     422: InvalidRequest,

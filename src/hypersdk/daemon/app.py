@@ -16,7 +16,8 @@ from hypersdk.daemon.jobs import JobStore
 from hypersdk.daemon.paths import AllowedPaths
 from hypersdk.daemon.runner import Runner
 from hypersdk.daemon.state import Daemon
-from hypersdk.daemon.token import load_or_create_token, prepare_state_dir
+from hypersdk.daemon.token import load_or_create_token
+from hypersdk.state.folder import prepare_state_dir
 
 
 def allowed_paths(config: DaemonConfig) -> AllowedPaths:

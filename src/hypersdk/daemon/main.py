@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hypersdk.daemon.config import load_config
-    from hypersdk.daemon.token import load_or_create_token, prepare_state_dir
+    from hypersdk.daemon.token import load_or_create_token
+    from hypersdk.state.folder import prepare_state_dir
 
     try:
         config = load_config(

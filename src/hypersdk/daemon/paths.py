@@ -31,7 +31,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hypersdk.errors import UsageError
+from hypersdk.errors import ForbiddenPath, UsageError
 
 MAX_CHAIN_DEPTH = 64
 
@@ -40,14 +40,6 @@ _EXT_END = 0
 _EXT_BACKING_FORMAT = 0xE2792ACA
 _EXT_DATA_FILE = 0x44415441
 _MAX_HEADER = 1 << 20  # header plus extensions live in the first cluster (<= 2 MiB)
-
-
-class ForbiddenPath(UsageError):
-    """A request names a path outside the allowed folders (or a kind of file that the
-    daemon does not touch)."""
-
-    http_status = 403
-    code = "forbidden_path"
 
 
 @dataclass(frozen=True)

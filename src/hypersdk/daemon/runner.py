@@ -26,7 +26,7 @@ from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, Usage
 from hypersdk.providers.factory import open_provider
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import pick_disk, restore_disk
-from hypersdk.repository.verify import select, verify
+from hypersdk.repository.verify import select_with_damage, verify
 from hypersdk.state.history import History
 
 log = logging.getLogger("hypervisord")
@@ -280,9 +280,10 @@ class Runner:
 
     def _run_verify(self, ctx: JobContext, spec: VerifySpec) -> dict[str, Any]:
         repo = Repository.open(spec.output)
-        manifests = select(repo, spec.vm, spec.generation)
+        # A damaged manifest in the selection is reported as damage, like hyperctl verify.
+        manifests, damaged = select_with_damage(repo, spec.vm, spec.generation)
         ctx.update(phase="checking")
-        report = verify(repo, manifests, cancel=ctx.cancel)
+        report = verify(repo, manifests, cancel=ctx.cancel, damaged=damaged)
         ctx.update(bytes_done=report.bytes_checked)
         return {"ok": report.ok, **asdict(report)}
 
@@ -317,5 +318,5 @@ def prepare_verify(output: str, vm: str | None, generation: str | None) -> Verif
     if generation is not None and vm is None:
         raise UsageError("generation needs vm")
     repo = Repository.open(output)
-    select(repo, vm, generation)
+    select_with_damage(repo, vm, generation)
     return VerifySpec(output, vm, generation)

@@ -1,10 +1,10 @@
-"""The daemon's state folder and its API token file.
+"""The daemon's API token file.
 
 Without a configured token (``HYPERSDK_API_TOKEN`` or ``api_token``) the daemon makes a
 random one at first start in ``<state dir>/api-token`` and reuses it later, so that an
 SDK on the same host (which reads that file) works without configuration.
 
-- The state folder is created 0700 and forced to 0700 if it exists with other bits.
+- The state folder is private (``hypersdk.state.folder.prepare_state_dir``).
 - The token file is created exclusively (O_EXCL, never through a symlink), written,
   fsynced and read back, so two daemons starting at once agree on one token.
 - A token file that is not ours, not a regular file, or readable by group or others is
@@ -21,28 +21,11 @@ import time
 from pathlib import Path
 
 from hypersdk.errors import UsageError
+from hypersdk.state.folder import prepare_state_dir
 
 TOKEN_FILE = "api-token"
 MIN_TOKEN_LENGTH = 16
 _READ_RETRIES = 50  # another daemon may have created the file but not written it yet
-
-
-def prepare_state_dir(folder: Path) -> None:
-    """Create the state folder 0700 (parents as needed) or force an existing one to 0700."""
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.stat(folder)
-    except OSError as exc:
-        raise UsageError(f"cannot create the state folder {folder}: {exc.strerror}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"state folder {folder} is not a folder")
-    if st.st_uid != os.getuid():
-        raise UsageError(f"state folder {folder} belongs to another user")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        try:
-            os.chmod(folder, 0o700)
-        except OSError as exc:
-            raise UsageError(f"cannot make {folder} private: {exc.strerror}") from exc
 
 
 def check_token(token: str, source: str) -> str:

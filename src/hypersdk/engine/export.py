@@ -80,6 +80,7 @@ def choose_mode(request: ExportRequest, decision: Decision) -> tuple[bool, str]:
 
 def run_export(provider: Provider, request: ExportRequest, history: History) -> ExportReport:
     started = time.monotonic()
+    history.prepare()
     vm = provider.identity()
     level = request.compression_level
     repo = Repository.open_or_init(

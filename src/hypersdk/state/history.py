@@ -22,12 +22,9 @@ from typing import Any
 from hypersdk.errors import RepositoryError
 from hypersdk.repository.files import fsync_dir, write_atomic
 from hypersdk.repository.layout import safe_name
+from hypersdk.state.folder import prepare_state_dir, private_subfolder, state_dir
 
 log = logging.getLogger(__name__)
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("HYPERSDK_STATE_DIR") or Path.home() / ".hypersdk")
 
 
 @dataclass
@@ -153,7 +150,13 @@ def _is(value: object, kind: type | tuple[type, ...]) -> bool:
 
 class History:
     def __init__(self, base: Path | None = None) -> None:
-        self.root = (base or state_dir()) / "incremental"
+        self.base = base or state_dir()
+        self.root = self.base / "incremental"
+
+    def prepare(self) -> None:
+        """Make sure records can be written (a private state folder) before an export
+        starts, so a bad state folder is an error before the copy, not after its commit."""
+        prepare_state_dir(self.base)
 
     def folder(self, vm_id: str) -> Path:
         return self.root / safe_name(vm_id)
@@ -183,9 +186,10 @@ class History:
 
     def record(self, rec: ExportRecord) -> Path:
         """Write a record and point latest.json at it, atomically."""
+        self.prepare()
         folder = self.folder(rec.vm_id)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_subfolder(self.base, self.root.name, folder.name)
             stem = rec.time.strftime("%Y-%m-%dT%H-%M-%S")
             path = folder / f"{stem}.json"
             n = 2
