@@ -214,6 +214,22 @@ time.sleep(60)
 """
 
 
+def crash_a_session(qsd: QemuStorageDaemon, session_tmp: Path) -> tuple[str, str]:
+    """Start a session in a child process and SIGKILL it mid-session: (its id, its folder)."""
+    env = {**os.environ, "TMPDIR": str(session_tmp)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_SESSION, qsd.locator],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None
+    sid, folder = child.stdout.readline().split()
+    child.kill()
+    child.wait()
+    return sid, folder
+
+
 def test_dead_session_of_this_qemu_is_swept(tmp_path: Path, session_tmp: Path) -> None:
     """A session killed with SIGKILL left a job, an export, a fleecing node, its folder
     and the NBD server it started: the next session removes all of it and starts its
@@ -222,17 +238,7 @@ def test_dead_session_of_this_qemu_is_swept(tmp_path: Path, session_tmp: Path) -
         with open_qemu_provider(qsd.locator) as p:
             p.enable_cbt()
         before = state(qsd)
-        env = {**os.environ, "TMPDIR": str(session_tmp)}
-        child = subprocess.Popen(
-            [sys.executable, "-c", CRASHING_SESSION, qsd.locator],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert child.stdout is not None
-        sid, folder = child.stdout.readline().split()
-        child.kill()
-        child.wait()
+        sid, folder = crash_a_session(qsd, session_tmp)
         assert named(qsd, sid)  # export, job, fleecing node
         assert answers(Path(folder) / "nbd.sock", f"hypersdk-{sid}-0-export")
 
@@ -293,17 +299,7 @@ def test_dead_sessions_nbd_server_serving_others_is_kept(tmp_path: Path, session
     """The NBD server a dead session started, to which someone added an export of
     their own since: it stays up, and the error names its socket for ?nbd=."""
     with QemuStorageDaemon(tmp_path / "qsd", size=16 * MiB, nbd_server=False) as qsd:
-        env = {**os.environ, "TMPDIR": str(session_tmp)}
-        child = subprocess.Popen(
-            [sys.executable, "-c", CRASHING_SESSION, qsd.locator],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert child.stdout is not None
-        sid, folder = child.stdout.readline().split()
-        child.kill()
-        child.wait()
+        sid, folder = crash_a_session(qsd, session_tmp)
         sock = Path(folder) / "nbd.sock"
         qsd.qmp(
             "block-export-add", type="nbd", id="someone", name="someone", **{"node-name": "disk0"}

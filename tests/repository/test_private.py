@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,6 @@ import pytest
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
 from tests.chain import BS, export
-
-
-@pytest.fixture()
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _modes(root: Path) -> dict[str, int]:

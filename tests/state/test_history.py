@@ -3,9 +3,7 @@ shared state folder is refused instead of being changed."""
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +14,6 @@ from hypersdk.state.history import DiskEntry, ExportRecord, History
 
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.lstat().st_mode)
-
-
-@pytest.fixture()
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _rec() -> ExportRecord:

@@ -13,10 +13,11 @@ BodyGuard      a request body over 64 KiB is refused (413 ``body_too_large``),
 
 from __future__ import annotations
 
-import ipaddress
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hypersdk.daemon.config import is_loopback
 
 MAX_BODY = 64 * 1024
 
@@ -61,12 +62,7 @@ def is_loopback_host(host: str) -> bool:
         name, sep, port = host.partition(":")
         if sep and not port.isdigit():
             return False
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(name)
 
 
 class LoopbackHost:
