@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hypersdk.engine.export import ExportReport, ExportRequest, run_export
-from hypersdk.engine.source import Extent
-from hypersdk.providers.base import Provider
+from hypersdk.providers.base import Extent, Provider
 from hypersdk.repository.envelope import chunk_id
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository

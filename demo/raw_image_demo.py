@@ -20,8 +20,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from hypersdk.cli.output import human_bytes
-from hypersdk.engine.source import DiskSnapshot, Extent, RawImageReader, VmIdentity
 from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter
+from hypersdk.providers.base import Extent, FrozenDisk, VmIdentity
+from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
@@ -36,7 +37,7 @@ def export(
 ) -> GenerationResult:
     vm = VmIdentity("demo-vm", "demo-vm", "raw", f"raw:{img}")
     with RawImageReader(img) as reader, GenerationWriter(repo, vm) as writer:
-        disk = DiskSnapshot("disk-0", img.stat().st_size, "demo", changed, reader)
+        disk = FrozenDisk("disk-0", img.stat().st_size, "demo", changed, reader)
         return writer.write(
             [disk],
             parent=parent,

@@ -6,8 +6,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from hypersdk.engine.source import DiskSnapshot, Extent, RawImageReader, VmIdentity
 from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter
+from hypersdk.providers.base import Extent, FrozenDisk, VmIdentity
+from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
@@ -32,7 +33,7 @@ def export(
     readers = {k: RawImageReader(p) for k, p in images.items()}
     try:
         disks = [
-            DiskSnapshot(
+            FrozenDisk(
                 key=k,
                 capacity_bytes=os.path.getsize(p),
                 change_id=f"c-{k}",

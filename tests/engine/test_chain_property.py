@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hypersdk.engine.source import Extent
+from hypersdk.providers.base import Extent
 from hypersdk.repository.gc import collect_garbage
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.verify import select, verify

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from hypersdk.engine.source import DiskSnapshot, RawImageReader
 from hypersdk.engine.writer import ExportOptions, GenerationWriter
 from hypersdk.errors import LockedError
+from hypersdk.providers.base import FrozenDisk
+from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.gc import collect_garbage
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.verify import select, verify
@@ -47,7 +48,7 @@ def test_exception_mid_generation_commits_nothing(tmp_path: Path) -> None:
     expected = {first.manifest.id: img.read_bytes()}
     img.write_bytes(os.urandom(40 * BS))
     reader = FailingReader(img, fail_at=30 * BS)
-    disk = DiskSnapshot("disk-0", 40 * BS, "c2", None, reader)
+    disk = FrozenDisk("disk-0", 40 * BS, "c2", None, reader)
     with pytest.raises(OSError, match="injected"), GenerationWriter(repo, vm()) as w:
         w.write([disk], parent=first.manifest, reason="t", options=ExportOptions(parallel=4))
     reader.close()
@@ -64,7 +65,7 @@ def test_exception_mid_generation_commits_nothing(tmp_path: Path) -> None:
 WRITER = """
 import sys, time
 from pathlib import Path
-from hypersdk.engine.source import RawImageReader
+from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.repository import Repository
 from tests.chain import export
 

@@ -1,8 +1,8 @@
 import pytest
 
 from hypersdk.engine.plan import KEEP, READ, ZERO, plan_blocks
-from hypersdk.engine.source import Extent
 from hypersdk.errors import ProviderError
+from hypersdk.providers.base import Extent
 
 BS = 100
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hypersdk.engine.source import Extent
+from hypersdk.providers.base import Extent
 from hypersdk.repository.repository import Repository
 from tests.chain import BS, export, restored_bytes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from hypersdk.engine.source import DiskSnapshot, Extent
+from hypersdk.providers.base import Extent, FrozenDisk
 
 CHUNK = 1024 * 1024
 
@@ -31,7 +31,7 @@ def assert_contiguous(extents: list[Extent], size: int) -> None:
     assert pos == size
 
 
-def materialize(disk: DiskSnapshot, parent: bytes | None = None) -> bytes:
+def materialize(disk: FrozenDisk, parent: bytes | None = None) -> bytes:
     """Apply the session's extents the way the engine does: start from the parent (or
     zeros), write zero extents as zeros and read the others."""
     out = bytearray(parent if parent is not None else bytes(disk.capacity_bytes))

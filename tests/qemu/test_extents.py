@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from hypersdk.engine.source import Extent
 from hypersdk.errors import NbdError
+from hypersdk.providers.base import Extent
 from hypersdk.providers.qemu import _extents
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -22,14 +21,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from hypersdk.cmdline import OneLineParser
 from hypersdk.errors import HyperSDKError
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage mistake in one line (exit 2), without the usage."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+__all__ = ["ByteProgress", "OneLineParser", "fail", "human_bytes", "print_json"]
 
 
 def human_bytes(n: float) -> str:

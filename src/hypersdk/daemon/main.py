@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from hypersdk import __version__
-from hypersdk.cli.output import OneLineParser
+from hypersdk.cmdline import OneLineParser
 from hypersdk.errors import HyperSDKError
 
 PROG = "hypervisord"

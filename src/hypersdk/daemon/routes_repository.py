@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from hypersdk.cli.commands.generations import generation_json
 from hypersdk.daemon.models import (
     GenerationList,
     Job,
@@ -33,7 +32,7 @@ def list_generations(
     repo = Repository.open(d.output(output))
     vms = [vm] if vm else repo.vm_ids()
     gens = sorted((m for v in vms for m in repo.generations(v)), key=lambda m: (m.created, m.id))
-    return {"generations": [generation_json(m) for m in gens]}
+    return {"generations": [m.summary() for m in gens]}
 
 
 @router.post("/restores", response_model=Job, status_code=202)

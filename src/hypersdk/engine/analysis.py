@@ -8,9 +8,8 @@ from datetime import timedelta
 from typing import Any
 
 from hypersdk.engine.decision import DEFAULT_MAX_AGE, Decision, decide
-from hypersdk.engine.source import VmIdentity
 from hypersdk.errors import HyperSDKError
-from hypersdk.providers.base import CbtStatus, DiskInfo, Provider
+from hypersdk.providers.base import CbtStatus, DiskInfo, Provider, VmIdentity
 from hypersdk.repository.repository import Repository
 from hypersdk.state.history import ExportRecord, History
 

@@ -15,10 +15,9 @@ from datetime import timedelta
 from typing import Any
 
 from hypersdk.engine.decision import DEFAULT_MAX_AGE, Decision, decide
-from hypersdk.engine.source import DiskSnapshot, VmIdentity
 from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter, bytes_to_read
 from hypersdk.errors import ChangeIdInvalid, UsageError
-from hypersdk.providers.base import CbtStatus, Provider
+from hypersdk.providers.base import CbtStatus, FrozenDisk, Provider, VmIdentity
 from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL, Repository
 from hypersdk.state.history import DiskEntry, ExportRecord, History
 
@@ -151,7 +150,7 @@ def _copy(
     reason: str,
     options: ExportOptions,
     request: ExportRequest,
-) -> tuple[GenerationResult, list[DiskSnapshot]]:
+) -> tuple[GenerationResult, list[FrozenDisk]]:
     since = decision.since if decision is not None else None
     parent = decision.parent if decision is not None else None
     with provider.open_backup(since) as session:
@@ -169,7 +168,7 @@ def _record(
     vm: VmIdentity,
     status: CbtStatus,
     result: GenerationResult,
-    disks: list[DiskSnapshot],
+    disks: list[FrozenDisk],
 ) -> None:
     m = result.manifest
     history.record(

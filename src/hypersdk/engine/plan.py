@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypersdk.engine.source import Extent
 from hypersdk.errors import ProviderError
+from hypersdk.providers.base import Extent
 
 KEEP = 0
 ZERO = 1

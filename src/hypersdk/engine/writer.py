@@ -25,8 +25,8 @@ from types import TracebackType
 
 from hypersdk import __version__
 from hypersdk.engine.plan import READ, ZERO, plan_blocks
-from hypersdk.engine.source import DiskSnapshot, VmIdentity
 from hypersdk.errors import ExportCancelled, RepositoryError, UsageError
+from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.repository.chunkstore import ChunkBatch
 from hypersdk.repository.envelope import chunk_id
 from hypersdk.repository.index import DiskIndex
@@ -80,7 +80,7 @@ class GenerationResult:
         return sum(d.bytes_stored for d in self.disks.values())
 
 
-def bytes_to_read(disks: Sequence[DiskSnapshot], block_size: int) -> int:
+def bytes_to_read(disks: Sequence[FrozenDisk], block_size: int) -> int:
     """How many bytes an export of these disks will read: the progress bar's total."""
     return sum(plan_blocks(d.capacity_bytes, block_size, d.changed).read_bytes() for d in disks)
 
@@ -110,7 +110,7 @@ class GenerationWriter:
 
     def write(
         self,
-        disks: Sequence[DiskSnapshot],
+        disks: Sequence[FrozenDisk],
         *,
         parent: Manifest | None,
         reason: str,
@@ -137,7 +137,7 @@ class GenerationWriter:
 
     def _write(
         self,
-        disks: Sequence[DiskSnapshot],
+        disks: Sequence[FrozenDisk],
         parent: Manifest | None,
         reason: str,
         opts: ExportOptions,
@@ -203,7 +203,7 @@ class GenerationWriter:
             },
         )
 
-    def _check_parent(self, parent: Manifest, disks: Sequence[DiskSnapshot]) -> None:
+    def _check_parent(self, parent: Manifest, disks: Sequence[FrozenDisk]) -> None:
         """Last guard against chaining onto the wrong base (the decision logic decides
         first; this only refuses what would silently corrupt the chain)."""
         if parent.vm_id != self.vm.vm_id:
@@ -222,7 +222,7 @@ class GenerationWriter:
 
 
 def _copy_disk(
-    repo: Repository, disk: DiskSnapshot, base: DiskIndex, opts: ExportOptions, batch: ChunkBatch
+    repo: Repository, disk: FrozenDisk, base: DiskIndex, opts: ExportOptions, batch: ChunkBatch
 ) -> tuple[DiskIndex, DiskStats]:
     block_size = repo.config.block_size
     plan = plan_blocks(disk.capacity_bytes, block_size, disk.changed)

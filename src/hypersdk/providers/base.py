@@ -1,7 +1,9 @@
 """The one small interface every platform implements.
 
 A provider finds a VM, reports and changes its changed block tracking (CBT), and opens a
-point-in-time backup session. It never writes to a repository. Vendor exceptions are
+point-in-time backup session. It never writes to a repository. The records it hands the
+engine (``FrozenDisk`` with its ``Extent`` list and ``DiskReader``, ``VmIdentity``) are
+defined here: the engine depends on providers, never the reverse. Vendor exceptions are
 translated into ``hypersdk.errors`` types at this boundary, chained with ``from``.
 """
 
@@ -12,17 +14,71 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
-from hypersdk.engine.source import DiskSnapshot, VmIdentity
-
 __all__ = [
     "BackupSession",
     "CbtStatus",
     "ChangeIdCheck",
     "DiskInfo",
+    "DiskReader",
     "EstimatedChanges",
+    "Extent",
+    "FrozenDisk",
     "Provider",
     "VmIdentity",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A byte range of a disk.
+
+    ``zero`` marks a range that reads as zeros (a hole, a trim, an unallocated area):
+    the engine records it as zero without reading it. A changed range that is zero must
+    still be reported (as ``zero=True``), never dropped, or the old data would survive.
+    """
+
+    offset: int
+    length: int
+    zero: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class VmIdentity:
+    """Who the VM is. ``vm_id`` is stable across exports and names its history folder."""
+
+    vm_id: str
+    name: str
+    platform: str  # "vsphere", "qemu" or "raw"
+    locator: str  # what the user typed: an inventory path, qemu:/sock, qcow2:/file
+
+
+class DiskReader(Protocol):
+    """Reads bytes of the frozen disk; must be safe to call from several threads."""
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclass(slots=True)
+class FrozenDisk:
+    """One disk of a backup session, frozen at its point in time.
+
+    ``changed`` lists the extents that differ from the parent generation (or, for a
+    full export, the allocated extents with holes left out or marked ``zero``).
+    ``None`` means "read every byte". Blocks that no extent touches keep the parent's
+    content (incremental) or are zero (full).
+    """
+
+    key: str
+    capacity_bytes: int
+    change_id: str
+    changed: list[Extent] | None
+    reader: DiskReader
+    path: str = ""
+    backing_info: str = ""
 
 
 @dataclass(slots=True)
@@ -58,7 +114,7 @@ class BackupSession(Protocol):
     down (snapshot deleted, export and nodes removed), also on errors and Ctrl-C."""
 
     @property
-    def disks(self) -> list[DiskSnapshot]: ...
+    def disks(self) -> list[FrozenDisk]: ...
 
     def __enter__(self) -> BackupSession: ...
 

@@ -86,6 +86,29 @@ class Manifest:
     def total_size(self) -> int:
         return sum(d.capacity_bytes for d in self.disks)
 
+    def summary(self) -> dict[str, Any]:
+        """How listings show a generation (``hyperctl generations --json``, the daemon's
+        ``/generations``): no index paths or checksums."""
+        return {
+            "id": self.id,
+            "vm": self.vm_id,
+            "vm_name": self.vm_name,
+            "platform": self.platform,
+            "type": self.type,
+            "reason": self.reason,
+            "parent": self.parent,
+            "created": self.created,
+            "completed": self.completed,
+            "block_size": self.block_size,
+            "total_size": self.total_size,
+            "bytes_read": int(self.stats.get("bytes_read", 0)),
+            "bytes_stored": int(self.stats.get("bytes_stored", 0)),
+            "disks": [
+                {"key": d.key, "capacity_bytes": d.capacity_bytes, "change_id": d.change_id}
+                for d in self.disks
+            ],
+        }
+
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         vm = {"id": doc.pop("vm_id"), "name": doc.pop("vm_name"), "platform": doc.pop("platform")}

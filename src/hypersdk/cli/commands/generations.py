@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json
-from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 
 
@@ -22,35 +20,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
-def generation_json(m: Manifest) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "vm": m.vm_id,
-        "vm_name": m.vm_name,
-        "platform": m.platform,
-        "type": m.type,
-        "reason": m.reason,
-        "parent": m.parent,
-        "created": m.created,
-        "completed": m.completed,
-        "block_size": m.block_size,
-        "total_size": m.total_size,
-        "bytes_read": int(m.stats.get("bytes_read", 0)),
-        "bytes_stored": int(m.stats.get("bytes_stored", 0)),
-        "disks": [
-            {"key": d.key, "capacity_bytes": d.capacity_bytes, "change_id": d.change_id}
-            for d in m.disks
-        ],
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
     repo = Repository.open(args.output)
     vms = [args.vm] if args.vm else repo.vm_ids()
     gens = sorted((m for vm in vms for m in repo.generations(vm)), key=lambda m: (m.created, m.id))
     if args.json:
-        print_json([generation_json(m) for m in gens])
+        print_json([m.summary() for m in gens])
         return 0
     if not gens:
         print("no generations")

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from hypersdk.engine.source import Extent
 from hypersdk.errors import NbdError
+from hypersdk.providers.base import Extent
 
 BASE_ALLOCATION = "base:allocation"
 STATE_ZERO = 2  # base:allocation: the range reads as zeros

@@ -37,7 +37,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
-from hypersdk.engine.source import DiskSnapshot
 from hypersdk.errors import (
     CbtUnavailable,
     ChangeIdInvalid,
@@ -47,6 +46,7 @@ from hypersdk.errors import (
     ProviderError,
 )
 from hypersdk.nbd import NbdClient
+from hypersdk.providers.base import FrozenDisk
 from hypersdk.providers.qemu import _checkpoints, _extents, _stale, _tools
 from hypersdk.providers.qemu._discovery import QemuDisk
 from hypersdk.providers.qemu._qmp import QmpCommandError, QmpConnection
@@ -68,9 +68,7 @@ def _connect_nbd(uri: str, export: str, bitmap: str | None) -> NbdClient:
     return client
 
 
-def _snapshot(
-    disk: QemuDisk, client: NbdClient, change_id: str, bitmap: str | None
-) -> DiskSnapshot:
+def _snapshot(disk: QemuDisk, client: NbdClient, change_id: str, bitmap: str | None) -> FrozenDisk:
     try:
         if client.size != disk.capacity:
             raise ProviderError(
@@ -82,7 +80,7 @@ def _snapshot(
             changed = _extents.allocation(client, disk.capacity)
     except OSError as err:
         raise NbdError(f"disk {disk.key}: reading block status failed: {err}") from err
-    return DiskSnapshot(
+    return FrozenDisk(
         key=disk.key,
         capacity_bytes=disk.capacity,
         change_id=change_id,
@@ -125,7 +123,7 @@ class _SessionBase:
     """Shared life cycle: ``_start`` builds, ``__exit__`` always tears down."""
 
     def __init__(self) -> None:
-        self._disks: list[DiskSnapshot] = []
+        self._disks: list[FrozenDisk] = []
         self._cleanup = _Cleanup()
         self._on_failure = _Cleanup()  # removes the new checkpoints
         self._clients: list[NbdClient] = []
@@ -134,7 +132,7 @@ class _SessionBase:
         self.session_id = ""
 
     @property
-    def disks(self) -> list[DiskSnapshot]:
+    def disks(self) -> list[FrozenDisk]:
         return self._disks
 
     def _make_tmpdir(self, kind: str, qemu: _stale.QemuId | None) -> None:

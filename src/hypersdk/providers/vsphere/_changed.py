@@ -13,8 +13,8 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from hypersdk.engine.source import Extent
 from hypersdk.errors import ChangeIdInvalid, ProviderError
+from hypersdk.providers.base import Extent
 from hypersdk.providers.vsphere._faults import fault_message
 
 ALLOCATED = "*"

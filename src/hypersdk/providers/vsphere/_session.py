@@ -32,12 +32,12 @@ from typing import Any
 
 import httpx
 
-from hypersdk.engine.source import DiskSnapshot
 from hypersdk.errors import (
     ChangeIdInvalid,
     HyperSDKError,
     ProviderError,
 )
+from hypersdk.providers.base import FrozenDisk
 from hypersdk.providers.vsphere import _changed, _inventory, _reader, _snapshots
 from hypersdk.providers.vsphere._connection import VsphereConnection
 from hypersdk.providers.vsphere._inventory import VsphereDisk
@@ -77,11 +77,11 @@ class VsphereBackupSession:
         self._snapshot_pending = False
         self._registered = False
         self._client: httpx.Client | None = None
-        self._disks: list[DiskSnapshot] = []
+        self._disks: list[FrozenDisk] = []
         self._closed = False
 
     @property
-    def disks(self) -> list[DiskSnapshot]:
+    def disks(self) -> list[FrozenDisk]:
         return self._disks
 
     @property
@@ -175,7 +175,7 @@ class VsphereBackupSession:
                     f"CBT was reset on {d.key} (change id uuid differs): {old} -> {d.change_id}"
                 )
 
-    def _disk_snapshot(self, disk: VsphereDisk, dc_path: str) -> DiskSnapshot:
+    def _disk_snapshot(self, disk: VsphereDisk, dc_path: str) -> FrozenDisk:
         changed: list[Any] | None
         if disk.change_id:
             since = self._since.get(disk.key) if self._since is not None else None
@@ -197,7 +197,7 @@ class VsphereBackupSession:
             ds, path = disk.flat_path()
             url = _reader.folder_url(self._conn.endpoint.netloc, dc_path, ds, path)
             reader = _reader.HttpRangeReader(self._client, url, disk.capacity, disk.key)
-        return DiskSnapshot(
+        return FrozenDisk(
             key=disk.key,
             capacity_bytes=disk.capacity,
             change_id=disk.change_id,
