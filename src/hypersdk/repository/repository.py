@@ -283,8 +283,8 @@ class Repository:
             raise NotFoundError(
                 f"generation {manifest.id} has no disk {disk_key!r} (disks: {keys})"
             )
-        where = f"index of {manifest.vm_id}/{manifest.id}/{disk_key}"
         path = self.layout.index(manifest.vm_id, manifest.id, disk_key)
+        where = self.layout.relative(path)  # the file, as manifest errors name theirs
         if record.index != self.layout.relative(path):
             # Never follow a path read from a file anywhere else (e.g. "../../etc/x").
             raise IntegrityError(f"{where}: the manifest names it at {record.index!r}")
