@@ -16,39 +16,51 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from hypersdk.client import (
         AsyncHyperSDK,
-        Conflict,
-        Forbidden,
+        ConflictError,
+        ForbiddenError,
         HyperSDK,
         HyperSDKAPIError,
-        InvalidRequest,
-        JobTimeout,
-        NotFound,
-        ProviderFailure,
+        InvalidRequestError,
+        JobTimeoutError,
+        NetworkError,
+        NotFoundError,
+        ProviderError,
         ServerError,
-        TransportError,
-        Unauthorized,
+        UnauthorizedError,
     )
 
 __all__ = [
     "AsyncHyperSDK",
-    "Conflict",
-    "Forbidden",
+    "ConflictError",
+    "ForbiddenError",
     "HyperSDK",
     "HyperSDKAPIError",
+    "InvalidRequestError",
+    "JobTimeoutError",
+    "NetworkError",
+    "NotFoundError",
+    "ProviderError",
+    "ServerError",
+    "UnauthorizedError",
+    "__version__",
+]
+
+# The SDK error names of the first release: hypersdk.client warns and maps them.
+_DEPRECATED = (
+    "Conflict",
+    "Forbidden",
     "InvalidRequest",
     "JobTimeout",
     "NotFound",
     "ProviderFailure",
-    "ServerError",
     "TransportError",
     "Unauthorized",
-    "__version__",
-]
+)
 
 
 def __getattr__(name: str) -> Any:
     """Load the SDK client lazily (PEP 562)."""
-    if name in __all__ and name != "__version__":
+    if (name in __all__ and name != "__version__") or name in _DEPRECATED:
         import hypersdk.client
 
         return getattr(hypersdk.client, name)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hypersdk import AsyncHyperSDK, Conflict, NotFound, Unauthorized
+from hypersdk import AsyncHyperSDK, ConflictError, NotFoundError, UnauthorizedError
 from tests.client.conftest import TOKEN
 from tests.daemon.live import Hypervisord
 from tests.rigs.qsd import MiB, QemuStorageDaemon
@@ -30,7 +30,7 @@ def test_async_flow(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: Path) ->
                 seen.append(job)
 
             job = await client.export_vm(qsd.locator, output=str(tmp_path / "arepo"))
-            with pytest.raises(Conflict):
+            with pytest.raises(ConflictError):
                 await client.export_vm(qsd.locator, output=str(tmp_path / "arepo"))
             done = await client.wait_for_export(job["id"], poll_interval=0.05, progress=progress)
             assert done["state"] == "succeeded" and seen[-1] == done
@@ -49,11 +49,11 @@ def test_async_flow(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: Path) ->
             assert [j["kind"] for j in await client.list_exports(limit=3)] == [
                 "verify", "restore", "export",
             ]  # fmt: skip
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFoundError):
                 await client.get_export("j-missing")
             assert (await client.disable_cbt(qsd.locator))["success"] is True
         async with AsyncHyperSDK(hvd.base_url, token="") as anon:
-            with pytest.raises(Unauthorized):
+            with pytest.raises(UnauthorizedError):
                 await anon.list_exports()
 
     asyncio.run(scenario())

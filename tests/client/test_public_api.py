@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import hypersdk
 import hypersdk.client
 
@@ -12,17 +14,17 @@ import hypersdk.client
 def test_all_is_pinned() -> None:
     expected = [
         "AsyncHyperSDK",
-        "Conflict",
-        "Forbidden",
+        "ConflictError",
+        "ForbiddenError",
         "HyperSDK",
         "HyperSDKAPIError",
-        "InvalidRequest",
-        "JobTimeout",
-        "NotFound",
-        "ProviderFailure",
+        "InvalidRequestError",
+        "JobTimeoutError",
+        "NetworkError",
+        "NotFoundError",
+        "ProviderError",
         "ServerError",
-        "TransportError",
-        "Unauthorized",
+        "UnauthorizedError",
     ]
     assert hypersdk.__all__ == [*expected, "__version__"]
     assert hypersdk.client.__all__ == expected
@@ -50,3 +52,24 @@ def test_import_is_light() -> None:
     assert not [m for m in out if m.split(".")[0] in heavy]
     ours = ("hypersdk.daemon", "hypersdk.providers", "hypersdk.engine", "hypersdk.repository")
     assert not [m for m in out if m.startswith(ours)]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("InvalidRequest", "InvalidRequestError"),
+        ("Unauthorized", "UnauthorizedError"),
+        ("Forbidden", "ForbiddenError"),
+        ("NotFound", "NotFoundError"),
+        ("Conflict", "ConflictError"),
+        ("ProviderFailure", "ProviderError"),
+        ("TransportError", "NetworkError"),
+        ("JobTimeout", "JobTimeoutError"),
+    ],
+)
+def test_the_first_releases_error_names_still_import_with_a_warning(old: str, new: str) -> None:
+    for module in (hypersdk, hypersdk.client):
+        with pytest.warns(DeprecationWarning, match=f"use {new} "):
+            assert getattr(module, old) is getattr(hypersdk.client, new)
+    with pytest.raises(AttributeError):
+        hypersdk.client.NoSuchError  # noqa: B018

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 
 from hypersdk import (
-    Conflict,
+    ConflictError,
     HyperSDK,
     HyperSDKAPIError,
-    InvalidRequest,
-    JobTimeout,
-    NotFound,
-    ProviderFailure,
-    TransportError,
-    Unauthorized,
+    InvalidRequestError,
+    JobTimeoutError,
+    NetworkError,
+    NotFoundError,
+    ProviderError,
+    UnauthorizedError,
 )
 from tests.client.conftest import TOKEN
 from tests.daemon.live import Hypervisord, free_port
@@ -75,37 +75,37 @@ def test_spec_example_flow(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: P
 
 def test_typed_errors(hvd: Hypervisord, tmp_path: Path) -> None:
     with HyperSDK(hvd.base_url, token=TOKEN) as client:
-        with pytest.raises(NotFound) as nf:
+        with pytest.raises(NotFoundError) as nf:
             client.get_export("j-000000000000")
         assert nf.value.status == 404 and nf.value.code == "not_found"
         assert "j-000000000000" in nf.value.message
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             client.cancel_export("j-000000000000")
-        with pytest.raises(InvalidRequest) as inv:
+        with pytest.raises(InvalidRequestError) as inv:
             client.export_vm("qemu:/x", parallel=0)
         assert inv.value.status == 422 and inv.value.code == "invalid_argument"
-        with pytest.raises(ProviderFailure) as pf:
+        with pytest.raises(ProviderError) as pf:
             client.get_cbt_status(f"qemu:{tmp_path / 'none.sock'}")
         assert pf.value.code == "connection_failed"
         failing = client.export_vm(f"qemu:{tmp_path / 'none.sock'}")
         final = client.wait_for_export(failing["id"], timeout=30)
         assert final["state"] == "failed"
-        with pytest.raises(Conflict) as conflict:
+        with pytest.raises(ConflictError) as conflict:
             client.cancel_export(failing["id"])
         assert conflict.value.status == 409
     with HyperSDK(hvd.base_url, token="wrong") as client:
         assert client.health()["status"] == "ok"
-        with pytest.raises(Unauthorized) as un:
+        with pytest.raises(UnauthorizedError) as un:
             client.list_exports()
         assert un.value.code == "unauthorized" and isinstance(un.value, HyperSDKAPIError)
     with HyperSDK(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
-        with pytest.raises(TransportError) as te:
+        with pytest.raises(NetworkError) as te:
             client.health()
-        assert te.value.__cause__ is not None
+        assert te.value.__cause__ is not None and te.value.code == "network_error"
 
 
 def test_wait_times_out(hvd: Hypervisord, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job that never finishes: JobTimeout (also a TimeoutError) carrying the last job."""
+    """A job that never finishes: JobTimeoutError (also a TimeoutError) carrying the last job."""
     with HyperSDK(hvd.base_url, token=TOKEN) as client:
         calls: list[str] = []
 
@@ -115,7 +115,7 @@ def test_wait_times_out(hvd: Hypervisord, monkeypatch: pytest.MonkeyPatch) -> No
 
         monkeypatch.setattr(client, "get_export", forever_running)
         seen: list[dict[str, Any]] = []
-        with pytest.raises(JobTimeout) as timeout:
+        with pytest.raises(JobTimeoutError) as timeout:
             client.wait_for_export("j-x", timeout=0.3, poll_interval=0.05, progress=seen.append)
         assert isinstance(timeout.value, TimeoutError)
         assert timeout.value.job["state"] == "running"

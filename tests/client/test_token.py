@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hypersdk import AsyncHyperSDK, HyperSDK, Unauthorized
+from hypersdk import AsyncHyperSDK, HyperSDK, UnauthorizedError
 from hypersdk.client._token import find_token
 from tests.daemon.live import Hypervisord
 
@@ -30,10 +30,10 @@ def test_sdks_read_the_token_file_the_daemon_made(
 
         asyncio.run(run())
         # an explicit token and the variable come first; "" sends none
-        with HyperSDK(hvd.base_url, token="") as client, pytest.raises(Unauthorized):
+        with HyperSDK(hvd.base_url, token="") as client, pytest.raises(UnauthorizedError):
             client.list_exports()
         monkeypatch.setenv("HYPERSDK_API_TOKEN", "not-the-token-0123456789")
-        with HyperSDK(hvd.base_url) as client, pytest.raises(Unauthorized):
+        with HyperSDK(hvd.base_url) as client, pytest.raises(UnauthorizedError):
             client.list_exports()
         with HyperSDK(hvd.base_url, token=hvd.token) as client:
             assert client.list_exports() == []

@@ -3,9 +3,9 @@
  */
 
 import {
-  HyperSDKError,
+  HyperSDKAPIError,
   NetworkError,
-  TimeoutError,
+  JobTimeoutError,
   errorFromResponse,
 } from './errors.js';
 import { parseSSE, readBody } from './sse.js';
@@ -200,7 +200,7 @@ export class HyperSDK {
   /**
    * Poll a job until it is `succeeded`, `failed` or `cancelled` and return it (a failed
    * job is returned, not thrown: look at `job.state` and `job.error`). Throws
-   * TimeoutError (with `.job`) when `timeoutMs` runs out.
+   * JobTimeoutError (with `.job`) when `timeoutMs` runs out.
    */
   async waitForExport<R = JobResult>(id: string, options: WaitOptions<R> = {}): Promise<Job<R>> {
     const interval = Math.max(1, options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS);
@@ -214,7 +214,7 @@ export class HyperSDK {
       if (TERMINAL_JOB_STATES.includes(job.state)) return job;
       const left = deadline - Date.now();
       if (left <= 0) {
-        throw new TimeoutError(
+        throw new JobTimeoutError(
           `job ${id} still ${job.state} (${job.phase}) after ${options.timeoutMs} ms`,
           { job },
         );
@@ -239,7 +239,7 @@ export class HyperSDK {
       deadline.settle(); // the time limit covers the headers, not the stream
       if (!response.ok) throw await this.errorOf(response);
       if (response.body === null) {
-        throw new HyperSDKError({ status: response.status, code: 'invalid_response', message: `${path}: empty body` });
+        throw new HyperSDKAPIError({ status: response.status, code: 'invalid_response', message: `${path}: empty body` });
       }
       try {
         for await (const ev of parseSSE(readBody(response.body))) {
@@ -248,7 +248,7 @@ export class HyperSDK {
           try {
             job = JSON.parse(ev.data) as Job<R>;
           } catch (err) {
-            throw new HyperSDKError({
+            throw new HyperSDKAPIError({
               status: response.status,
               code: 'invalid_response',
               message: `${path}: event data is not JSON`,
@@ -260,14 +260,14 @@ export class HyperSDK {
           if (ev.event === 'end') return;
         }
       } catch (err) {
-        if (err instanceof HyperSDKError) throw err;
+        if (err instanceof HyperSDKAPIError) throw err;
         if (options.signal?.aborted) return;
-        throw new NetworkError(`${path}: event stream broke: ${describe(err)}`, err);
+        throw new NetworkError(`${path}: event stream broke: ${describe(err)}`, { cause: err });
       }
       if (options.signal?.aborted) return;
       throw new NetworkError(`${path}: event stream ended before the job finished`);
     } catch (err) {
-      if (options.signal?.aborted && !(err instanceof HyperSDKError)) return;
+      if (options.signal?.aborted && !(err instanceof HyperSDKAPIError)) return;
       throw err;
     } finally {
       deadline.dispose();
@@ -363,14 +363,17 @@ export class HyperSDK {
 
   private transportError(method: string, path: string, err: unknown, deadline: Deadline): unknown {
     if (deadline.timedOut) {
-      return new TimeoutError(`${method} ${path}: no answer within ${this.timeoutMs} ms`, { cause: err });
+      return new NetworkError(`${method} ${path}: no answer within ${this.timeoutMs} ms`, {
+        cause: err,
+        code: 'timeout',
+      });
     }
     if (deadline.signal.aborted) return deadline.signal.reason ?? err; // the caller aborted
-    if (err instanceof HyperSDKError) return err;
-    return new NetworkError(`${method} ${path}: ${describe(err)}`, err);
+    if (err instanceof HyperSDKAPIError) return err;
+    return new NetworkError(`${method} ${path}: ${describe(err)}`, { cause: err });
   }
 
-  private async errorOf(response: Response): Promise<HyperSDKError> {
+  private async errorOf(response: Response): Promise<HyperSDKAPIError> {
     let text = '';
     try {
       text = await response.text();
@@ -412,7 +415,7 @@ export class HyperSDK {
       try {
         return JSON.parse(text) as T;
       } catch (err) {
-        throw new HyperSDKError({
+        throw new HyperSDKAPIError({
           status: response.status,
           code: 'invalid_response',
           message: `${method} ${path}: the answer is not JSON`,

@@ -1,24 +1,29 @@
 /**
- * The SDK's errors: one tree rooted in `HyperSDKError`.
+ * The SDK's errors: one tree rooted in `HyperSDKAPIError`. The Python SDK
+ * (src/hypersdk/client/_errors.py) has the same classes, names and status mapping;
+ * tests/client/test_error_parity.py in the repository holds the two equal.
  *
- *     HyperSDKError                status, code, message (from {"error": {"code","message"}})
- *     ├── BadRequestError          400 bad_request: malformed body
- *     ├── UnauthorizedError        401 unauthorized: missing or wrong token
- *     ├── ForbiddenError           403 forbidden_path: a path outside the allowed folders
- *     ├── NotFoundError            404 not_found: unknown VM or job
- *     ├── ConflictError            409 conflict, locked: export already running, job finished
- *     ├── InvalidArgumentError     422 invalid_argument: a field has a bad value
- *     ├── ProviderError            502 provider_error, connection_failed, nbd_error, ...
- *     ├── NetworkError             status null, code network_error: no HTTP answer
- *     └── TimeoutError             status null, code timeout: a time limit ran out
+ *     HyperSDKAPIError           status, code, message (from {"error": {"code","message"}});
+ *     │                          also any other 4xx status
+ *     ├── InvalidRequestError    400 bad_request, 413 body_too_large, 415 unsupported_media_type,
+ *     │                          421 misdirected_request, 422 invalid_argument: fix the request
+ *     ├── UnauthorizedError      401 unauthorized: missing or wrong token
+ *     ├── ForbiddenError         403 forbidden_path: a path outside the allowed folders
+ *     ├── NotFoundError          404 not_found: unknown VM, job or generation
+ *     ├── ConflictError          409 conflict, locked, cancelled; 429 too_many_streams: busy
+ *     ├── ProviderError          502 provider_error, connection_failed, nbd_error, ...
+ *     ├── ServerError            other 5xx: internal_error, repository_error, ...
+ *     ├── NetworkError           status null: no HTTP answer (network_error), or none
+ *     │                          within the request's `timeoutMs` (timeout)
+ *     └── JobTimeoutError        status null, code timeout: `waitForExport` ran out of time
  *
- * Any other HTTP error status is a plain `HyperSDKError`. Errors of `fetch` itself are
- * translated at the boundary and kept as `cause`; no other error type leaves the client.
+ * Errors of `fetch` itself are translated at the boundary and kept as `cause`; no other
+ * error type leaves the client.
  */
 
 import type { ErrorInfo } from './types.js';
 
-export interface HyperSDKErrorInit {
+export interface HyperSDKAPIErrorInit {
   status?: number | null;
   code: string;
   message: string;
@@ -27,7 +32,7 @@ export interface HyperSDKErrorInit {
   cause?: unknown;
 }
 
-export class HyperSDKError extends Error {
+export class HyperSDKAPIError extends Error {
   /** The HTTP status; null when no HTTP answer came (network error, timeout). */
   readonly status: number | null;
   /** The server's error code (`not_found`, `locked`, ...) or the SDK's own. */
@@ -35,7 +40,7 @@ export class HyperSDKError extends Error {
   /** The parsed response body, when there was one. */
   readonly body: unknown;
 
-  constructor(init: HyperSDKErrorInit) {
+  constructor(init: HyperSDKAPIErrorInit) {
     super(init.message, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = new.target.name;
     this.status = init.status ?? null;
@@ -44,50 +49,61 @@ export class HyperSDKError extends Error {
   }
 }
 
-/** 400: the request body is malformed. */
-export class BadRequestError extends HyperSDKError {}
+/** 400, 413, 415, 421, 422: the request as sent is refused (body, media type, Host, a field). */
+export class InvalidRequestError extends HyperSDKAPIError {}
 /** 401: the token is missing or wrong. */
-export class UnauthorizedError extends HyperSDKError {}
+export class UnauthorizedError extends HyperSDKAPIError {}
 /** 403: a path outside the daemon's allowed folders. */
-export class ForbiddenError extends HyperSDKError {}
-/** 404: unknown VM or job. */
-export class NotFoundError extends HyperSDKError {}
-/** 409: e.g. an export of that VM is already running, a finished job cannot be cancelled. */
-export class ConflictError extends HyperSDKError {}
-/** 422: a field has an invalid value. */
-export class InvalidArgumentError extends HyperSDKError {}
-/** 502: the hypervisor (vSphere, QEMU, NBD) failed. */
-export class ProviderError extends HyperSDKError {}
+export class ForbiddenError extends HyperSDKAPIError {}
+/** 404: unknown VM, job or generation. */
+export class NotFoundError extends HyperSDKAPIError {}
+/** 409: e.g. an export of that VM is already running; 429: too many event streams. */
+export class ConflictError extends HyperSDKAPIError {}
+/** 502: the hypervisor (vSphere, QEMU, NBD) failed or is unreachable. */
+export class ProviderError extends HyperSDKAPIError {}
+/** Any other 5xx: the daemon failed (internal_error, repository_error, ...). */
+export class ServerError extends HyperSDKAPIError {}
 
-/** No HTTP answer: connection refused, reset, DNS failure, ... */
-export class NetworkError extends HyperSDKError {
-  constructor(message: string, cause?: unknown) {
-    super({ status: null, code: 'network_error', message, cause });
+/**
+ * No HTTP answer: connection refused, reset, DNS failure, a broken stream
+ * (`network_error`), or no answer within the request's `timeoutMs` (`timeout`).
+ */
+export class NetworkError extends HyperSDKAPIError {
+  constructor(message: string, options: { cause?: unknown; code?: 'network_error' | 'timeout' } = {}) {
+    super({ status: null, code: options.code ?? 'network_error', message, cause: options.cause });
   }
 }
 
-/** A time limit ran out: a request (`timeoutMs`) or `waitForExport`. */
-export class TimeoutError extends HyperSDKError {
-  /** For `waitForExport`: the job as last seen. */
+/** `waitForExport` ran out of time (`timeoutMs`); `job` is the job as last seen. */
+export class JobTimeoutError extends HyperSDKAPIError {
   readonly job: unknown;
 
-  constructor(message: string, options: { cause?: unknown; job?: unknown } = {}) {
-    super({ status: null, code: 'timeout', message, cause: options.cause });
+  constructor(message: string, options: { job?: unknown } = {}) {
+    super({ status: null, code: 'timeout', message });
     this.job = options.job;
   }
 }
 
-type HttpErrorClass = new (init: HyperSDKErrorInit) => HyperSDKError;
+type HttpErrorClass = new (init: HyperSDKAPIErrorInit) => HyperSDKAPIError;
 
 const BY_STATUS: Readonly<Record<number, HttpErrorClass>> = {
-  400: BadRequestError,
+  400: InvalidRequestError,
   401: UnauthorizedError,
   403: ForbiddenError,
   404: NotFoundError,
   409: ConflictError,
-  422: InvalidArgumentError,
+  413: InvalidRequestError,
+  415: InvalidRequestError,
+  421: InvalidRequestError,
+  422: InvalidRequestError,
+  429: ConflictError,
   502: ProviderError,
 };
+
+/** The class for an HTTP error status (one table, the same in the Python SDK). */
+export function errorClass(status: number): HttpErrorClass {
+  return BY_STATUS[status] ?? (status >= 500 ? ServerError : HyperSDKAPIError);
+}
 
 const DEFAULT_CODE: Readonly<Record<number, string>> = {
   400: 'bad_request',
@@ -95,7 +111,11 @@ const DEFAULT_CODE: Readonly<Record<number, string>> = {
   403: 'forbidden_path',
   404: 'not_found',
   409: 'conflict',
+  413: 'body_too_large',
+  415: 'unsupported_media_type',
+  421: 'misdirected_request',
   422: 'invalid_argument',
+  429: 'too_many_streams',
   502: 'provider_error',
 };
 
@@ -109,8 +129,8 @@ function isErrorInfo(value: unknown): value is ErrorInfo {
  * The error for an HTTP error response. `body` is the parsed JSON body (or the raw
  * text when it was not JSON, or undefined when empty).
  */
-export function errorFromResponse(status: number, statusText: string, body: unknown): HyperSDKError {
-  const Cls = BY_STATUS[status] ?? HyperSDKError;
+export function errorFromResponse(status: number, statusText: string, body: unknown): HyperSDKAPIError {
+  const Cls = errorClass(status);
   let code = DEFAULT_CODE[status] ?? `http_${status}`;
   let message = statusText ? `HTTP ${status} ${statusText}` : `HTTP ${status}`;
   const info =

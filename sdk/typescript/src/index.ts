@@ -14,19 +14,20 @@ export {
   DEFAULT_POLL_INTERVAL_MS,
 } from './client.js';
 export {
-  HyperSDKError,
-  BadRequestError,
+  HyperSDKAPIError,
+  InvalidRequestError,
   UnauthorizedError,
   ForbiddenError,
   NotFoundError,
   ConflictError,
-  InvalidArgumentError,
   ProviderError,
+  ServerError,
   NetworkError,
-  TimeoutError,
+  JobTimeoutError,
+  errorClass,
   errorFromResponse,
 } from './errors.js';
-export type { HyperSDKErrorInit } from './errors.js';
+export type { HyperSDKAPIErrorInit } from './errors.js';
 export { parseSSE } from './sse.js';
 export type { ServerSentEvent } from './sse.js';
 export { TERMINAL_JOB_STATES } from './types.js';

@@ -299,7 +299,7 @@ export interface VerifyOptions {
 
 /** `waitForExport` options. */
 export interface WaitOptions<R = JobResult> {
-  /** Give up (TimeoutError) after this long; no limit by default. */
+  /** Give up (JobTimeoutError) after this long; no limit by default. */
   timeoutMs?: number;
   /** Time between two polls; 1000 ms by default. */
   pollIntervalMs?: number;

@@ -12,8 +12,8 @@ import { after, before, describe, it } from 'node:test';
 import {
   ConflictError,
   HyperSDK,
-  HyperSDKError,
-  InvalidArgumentError,
+  HyperSDKAPIError,
+  InvalidRequestError,
   NotFoundError,
   ProviderError,
   UnauthorizedError,
@@ -65,7 +65,7 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
 
   it('a path outside the allowed folders is 403 forbidden_path', async () => {
     const err = await client.restore({ vm: 'v', to: '/etc/hypersdk-test.raw' }).catch((e: unknown) => e);
-    assert.ok(err instanceof HyperSDKError, String(err));
+    assert.ok(err instanceof HyperSDKAPIError, String(err));
     assert.equal(err.status, 403);
     assert.equal(err.code, 'forbidden_path');
     assert.ok(!existsSync('/etc/hypersdk-test.raw'));
@@ -228,10 +228,10 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
     // a second restore to the same file without force is refused
     await assert.rejects(
       client.restore({ output: repo, vm: vmId, to }).then((j) => client.waitForExport(j.id, WAIT)).then((j) => {
-        if (j.state === 'failed') throw new HyperSDKError({ code: j.error!.code, message: j.error!.message });
+        if (j.state === 'failed') throw new HyperSDKAPIError({ code: j.error!.code, message: j.error!.message });
         return j;
       }),
-      HyperSDKError,
+      HyperSDKAPIError,
     );
     assert.ok(existsSync(to));
   });
@@ -281,13 +281,13 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
     const bad = await client
       .exportVM(qsd.locator, { output: repo, compression: 'bogus' as never })
       .catch((e: unknown) => e);
-    assert.ok(bad instanceof InvalidArgumentError, String(bad));
+    assert.ok(bad instanceof InvalidRequestError, String(bad));
     assert.equal(bad.status, 422);
     assert.equal(bad.code, 'invalid_argument');
     assert.match(bad.message, /compression/);
 
     const rel = await client.getCBTStatus(qsd.locator, 'relative/repo').catch((e: unknown) => e);
-    assert.ok(rel instanceof InvalidArgumentError, String(rel));
+    assert.ok(rel instanceof InvalidRequestError, String(rel));
   });
 
   it('errors: a VM that does not exist is 404 or 502, never a 500', async () => {

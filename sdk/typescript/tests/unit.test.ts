@@ -9,15 +9,15 @@ import { after, before, beforeEach, describe, it } from 'node:test';
 
 import * as sdk from '../src/index.js';
 import {
-  BadRequestError,
   ConflictError,
   HyperSDK,
-  HyperSDKError,
-  InvalidArgumentError,
+  HyperSDKAPIError,
+  InvalidRequestError,
+  JobTimeoutError,
   NetworkError,
   NotFoundError,
   ProviderError,
-  TimeoutError,
+  ServerError,
   UnauthorizedError,
   ForbiddenError,
   parseSSE,
@@ -95,22 +95,23 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
   describe('package surface', () => {
     it('exports exactly the public names', () => {
       assert.deepEqual(Object.keys(sdk).sort(), [
-        'BadRequestError',
         'ConflictError',
         'DEFAULT_BASE_URL',
         'DEFAULT_POLL_INTERVAL_MS',
         'DEFAULT_TIMEOUT_MS',
         'ForbiddenError',
         'HyperSDK',
-        'HyperSDKError',
-        'InvalidArgumentError',
+        'HyperSDKAPIError',
+        'InvalidRequestError',
+        'JobTimeoutError',
         'NetworkError',
         'NotFoundError',
         'ProviderError',
+        'ServerError',
         'TERMINAL_JOB_STATES',
-        'TimeoutError',
         'UnauthorizedError',
         'VERSION',
+        'errorClass',
         'errorFromResponse',
         'parseSSE',
       ]);
@@ -438,14 +439,22 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
   });
 
   describe('errors', () => {
-    const cases: Array<[number, string, new (...a: never[]) => HyperSDKError]> = [
-      [400, 'bad_request', BadRequestError],
+    // The same table as the Python SDK (tests/client/test_error_parity.py).
+    const cases: Array<[number, string, new (...a: never[]) => HyperSDKAPIError]> = [
+      [400, 'bad_request', InvalidRequestError],
       [401, 'unauthorized', UnauthorizedError],
       [403, 'forbidden_path', ForbiddenError],
       [404, 'not_found', NotFoundError],
       [409, 'locked', ConflictError],
-      [422, 'invalid_argument', InvalidArgumentError],
+      [413, 'body_too_large', InvalidRequestError],
+      [415, 'unsupported_media_type', InvalidRequestError],
+      [421, 'misdirected_request', InvalidRequestError],
+      [422, 'invalid_argument', InvalidRequestError],
+      [429, 'too_many_streams', ConflictError],
+      [500, 'internal_error', ServerError],
       [502, 'nbd_error', ProviderError],
+      [503, 'unavailable', ServerError],
+      [418, 'teapot', HyperSDKAPIError],
     ];
     for (const [status, code, Cls] of cases) {
       it(`${status} {"error": {"code": "${code}"}} is ${Cls.name}`, async () => {
@@ -455,7 +464,8 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
           (e: unknown) => e,
         );
         assert.ok(err instanceof Cls, `got ${String(err)}`);
-        assert.ok(err instanceof HyperSDKError);
+        assert.equal(err.constructor, Cls);
+        assert.ok(err instanceof HyperSDKAPIError);
         assert.ok(err instanceof Error);
         assert.equal(err.name, Cls.name);
         assert.equal(err.status, status);
@@ -464,15 +474,6 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
         assert.deepEqual(err.body, { error: { code, message: `the ${code} message` } });
       });
     }
-
-    it('another status is a plain HyperSDKError', async () => {
-      server.reset((_r, res) => json(res, 503, { error: { code: 'unavailable', message: 'shutting down' } }));
-      const err = await client.health().catch((e: unknown) => e);
-      assert.ok(err instanceof HyperSDKError);
-      assert.equal(err.constructor, HyperSDKError);
-      assert.equal(err.status, 503);
-      assert.equal(err.code, 'unavailable');
-    });
 
     it('a body that is not the error shape still gives status, a default code and the text', async () => {
       server.reset((_r, res) => {
@@ -486,7 +487,7 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
 
       server.reset((_r, res) => json(res, 422, { detail: [{ loc: ['body', 'vm_path'], msg: 'Field required' }] }));
       const err2 = await client.enableCBT(VM).catch((e: unknown) => e);
-      assert.ok(err2 instanceof InvalidArgumentError);
+      assert.ok(err2 instanceof InvalidRequestError);
       assert.equal(err2.code, 'invalid_argument');
       assert.match(err2.message, /Field required/);
 
@@ -495,7 +496,7 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
         res.end();
       });
       const err3 = await client.health().catch((e: unknown) => e);
-      assert.ok(err3 instanceof HyperSDKError);
+      assert.ok(err3 instanceof ServerError);
       assert.equal(err3.code, 'http_500');
       assert.equal(err3.status, 500);
     });
@@ -506,7 +507,7 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
         res.end('<html>');
       });
       const err = await client.health().catch((e: unknown) => e);
-      assert.ok(err instanceof HyperSDKError);
+      assert.ok(err instanceof HyperSDKAPIError);
       assert.equal(err.code, 'invalid_response');
       assert.equal(err.status, 200);
     });
@@ -521,12 +522,12 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
       assert.ok(err.cause instanceof Error);
     });
 
-    it('a server that does not answer in timeoutMs is a TimeoutError', async () => {
+    it('a server that does not answer in timeoutMs is a NetworkError with code timeout', async () => {
       server.reset(() => undefined); // never answers
       const c = new HyperSDK(server.url, { timeoutMs: 150 });
       const t0 = Date.now();
       const err = await c.getCBTStatus(VM).catch((e: unknown) => e);
-      assert.ok(err instanceof TimeoutError, String(err));
+      assert.ok(err instanceof NetworkError, String(err));
       assert.equal(err.code, 'timeout');
       assert.equal(err.status, null);
       assert.ok(Date.now() - t0 < 5000);
@@ -565,11 +566,12 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
       assert.equal(j.error?.code, 'nbd_error');
     });
 
-    it('throws TimeoutError carrying the last job when timeoutMs runs out', async () => {
+    it('throws JobTimeoutError carrying the last job when timeoutMs runs out', async () => {
       server.reset((_r, res) => json(res, 200, job()));
       const t0 = Date.now();
       const err = await client.waitForExport('j-1', { timeoutMs: 120, pollIntervalMs: 30 }).catch((e: unknown) => e);
-      assert.ok(err instanceof TimeoutError, String(err));
+      assert.ok(err instanceof JobTimeoutError, String(err));
+      assert.equal(err.code, 'timeout');
       assert.equal((err.job as Job).state, 'running');
       assert.ok(Date.now() - t0 < 2000);
       assert.ok(server.requests.length >= 2);

@@ -129,7 +129,7 @@ class AsyncHyperSDK:
     ) -> dict[str, Any]:
         """Poll until the job finishes; returns the final job (check ``state``).
         ``progress`` (a function or a coroutine function) gets the job dict on each
-        change. JobTimeout after ``timeout``."""
+        change. JobTimeoutError after ``timeout``."""
         watch = c.Watch(job_id, timeout, poll_interval, progress)
         while True:
             job = await self.get_export(job_id)

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
-from hypersdk.client._errors import HyperSDKAPIError, JobTimeout, TransportError, error_for
+from hypersdk.client._errors import HyperSDKAPIError, JobTimeoutError, NetworkError, error_for
 
 DEFAULT_BASE_URL = "http://localhost:8080"
 DEFAULT_TIMEOUT = 30.0
@@ -120,8 +120,10 @@ def read(call: Call, response: httpx.Response) -> Any:
         try:
             doc = response.json()
         except ValueError as exc:
-            raise TransportError(
-                f"{call.method} {call.path}: the answer is not JSON", status=response.status_code
+            raise HyperSDKAPIError(
+                f"{call.method} {call.path}: the answer is not JSON",
+                status=response.status_code,
+                code="invalid_response",
             ) from exc
         return doc[call.unwrap] if call.unwrap is not None else doc
     try:
@@ -132,8 +134,10 @@ def read(call: Call, response: httpx.Response) -> Any:
 
 
 def transport_error(call: Call, exc: httpx.HTTPError) -> HyperSDKAPIError:
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
-    return TransportError(f"{call.method} {call.path} {kind}: {exc}", code="transport_error")
+    # The same codes as the TypeScript SDK: no answer in time, or none at all.
+    if isinstance(exc, httpx.TimeoutException):
+        return NetworkError(f"{call.method} {call.path} timed out: {exc}", code="timeout")
+    return NetworkError(f"{call.method} {call.path} failed: {exc}", code="network_error")
 
 
 class Watch:
@@ -167,10 +171,12 @@ class Watch:
         return job.get("state") in TERMINAL_STATES
 
     def pause(self, job: dict[str, Any]) -> float:
-        """Seconds to sleep before the next poll; JobTimeout when time is up."""
+        """Seconds to sleep before the next poll; JobTimeoutError when time is up."""
         if self.deadline is None:
             return self.poll_interval
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise JobTimeout(f"job {self.job_id} still {job.get('state')} after the timeout", job)
+            raise JobTimeoutError(
+                f"job {self.job_id} still {job.get('state')} after the timeout", job
+            )
         return min(self.poll_interval, left)

@@ -125,7 +125,7 @@ class HyperSDK:
         progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
         """Poll until the job finishes; returns the final job (check ``state``).
-        ``progress`` gets the job dict each time it changes. JobTimeout after ``timeout``."""
+        ``progress`` gets the job dict each time it changes. JobTimeoutError after ``timeout``."""
         watch = c.Watch(job_id, timeout, poll_interval, progress)
         while True:
             job = self.get_export(job_id)
