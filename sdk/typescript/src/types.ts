@@ -21,11 +21,11 @@ export interface DiskInfo {
   key: string;
   path: string;
   capacity_bytes: number;
-  /** The disk's current change id; null when the platform has none. */
-  change_id: string | null;
+  /** The disk's current change id; empty when the platform has none. */
+  change_id: string;
   backing_info: string;
-  /** Present (false) only for a disk that cannot be tracked. */
-  cbt_supported?: boolean;
+  /** false for a disk that cannot be tracked; absent or null otherwise. */
+  cbt_supported?: boolean | null;
   /** Why the disk cannot be tracked, with `cbt_supported: false`. */
   cbt_reason?: string | null;
   [field: string]: unknown;
@@ -35,7 +35,7 @@ export interface DiskInfo {
 export interface LastExportDisk {
   key: string;
   capacity_bytes: number;
-  change_id: string | null;
+  change_id: string;
   [field: string]: unknown;
 }
 
@@ -46,9 +46,9 @@ export interface LastExport {
   export_time: string;
   total_size: number;
   /** In `/cbt/status` (not in `/incremental/analyze`). */
-  disk_info?: LastExportDisk[];
-  generation?: string;
-  export_path?: string;
+  disk_info?: LastExportDisk[] | null;
+  generation?: string | null;
+  export_path?: string | null;
   [field: string]: unknown;
 }
 
@@ -206,7 +206,7 @@ export interface JobEvent<R = JobResult> {
 export interface GenerationDisk {
   key: string;
   capacity_bytes: number;
-  change_id: string | null;
+  change_id: string;
   [field: string]: unknown;
 }
 
@@ -214,18 +214,18 @@ export interface GenerationDisk {
 export interface Generation {
   id: string;
   vm: string;
-  vm_name?: string;
-  platform?: string;
+  vm_name: string;
+  platform: string;
   type: ExportMode;
-  reason?: string;
+  reason: string;
   /** The generation this one builds on; null for a full one. */
   parent: string | null;
   created: string;
-  completed?: string | null;
-  block_size?: number;
-  total_size?: number;
-  bytes_read?: number;
-  bytes_stored?: number;
+  completed: string | null;
+  block_size: number;
+  total_size: number;
+  bytes_read: number;
+  bytes_stored: number;
   disks: GenerationDisk[];
   [field: string]: unknown;
 }
