@@ -1,11 +1,15 @@
-"""Every decision step and guard that turns an --incremental into a full export, each
-with the sentence the user sees, against a real qemu-storage-daemon."""
+"""One end-to-end test per real fallback: something happens to the VM, the repository or
+the passing time, and an --incremental export becomes a full one with the exact sentence
+the user sees, against a real qemu-storage-daemon. Every branch of the decision itself,
+with edited inputs, is in tests/engine/test_decision.py (an injected clock, no hypervisor).
+Ages are set relative to the clock of the run, so no outcome depends on today's date."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -67,74 +71,72 @@ def delete_generation(cli: Cli, qsd: QemuStorageDaemon, full: dict) -> None:  # 
     assert proc.returncode == 0, proc.stderr
 
 
+def age_record(cli: Cli, vm: str, days: int) -> None:
+    """The last export was made ``days`` days ago (and a few minutes), by this run's clock."""
+    path = latest_record(cli, vm)
+    doc = json.loads(path.read_text())
+    then = datetime.now(UTC) - timedelta(days=days, minutes=5)
+    doc["export_time"] = then.strftime("%Y-%m-%dT%H:%M:%SZ")
+    path.write_text(json.dumps(doc))
+
+
 def age(cli: Cli, qsd: QemuStorageDaemon, full: dict) -> None:  # type: ignore[type-arg]
-    path = latest_record(cli, full["vm"])
-    doc = json.loads(path.read_text())
-    doc["export_time"] = "2020-01-01T00:00:00Z"
-    path.write_text(json.dumps(doc))
+    age_record(cli, full["vm"], 10)
 
 
-def disable(cli: Cli, qsd: QemuStorageDaemon, full: dict) -> None:  # type: ignore[type-arg]
-    assert cli.run("hyperexport", "--vm", qsd.locator, "--disable-cbt").returncode == 0
-
-
-def no_cbt_before(cli: Cli, qsd: QemuStorageDaemon, full: dict) -> None:  # type: ignore[type-arg]
-    path = latest_record(cli, full["vm"])
-    doc = json.loads(path.read_text())
-    doc["cbt_enabled"] = False
-    path.write_text(json.dumps(doc))
-
-
-def other_topology(cli: Cli, qsd: QemuStorageDaemon, full: dict) -> None:  # type: ignore[type-arg]
-    path = latest_record(cli, full["vm"])
-    doc = json.loads(path.read_text())
-    doc["disks"].append(dict(doc["disks"][0], key="disk9"))
-    doc["disk_change_ids"]["disk9"] = "x"
-    path.write_text(json.dumps(doc))
+Reason = Callable[[Cli, QemuStorageDaemon, dict], str]  # type: ignore[type-arg]
 
 
 @pytest.mark.parametrize(
     "break_chain, reason",
     [
-        (delete_bitmap, "does not exist"),
-        (resize, "was resized"),
-        (delete_generation, "is no longer in"),
-        (age, "days old (maximum 7 days)"),
-        (disable, "checkpoint"),
-        (no_cbt_before, "Previous export was made without CBT"),
-        (other_topology, "Disk topology changed since the last export (removed disk9)"),
+        (delete_bitmap,
+         lambda c, q, full: f"checkpoint bitmap {full['disks'][0]['change_id']} does not exist"),
+        (resize, lambda c, q, full: "Disk disk0 was resized since the last export "
+                                    f"({32 * MiB} -> {48 * MiB} bytes)"),
+        (delete_generation,
+         lambda c, q, full: f"Previous generation {full['generation']} is no longer in {c.repo}"),
+        (age, lambda c, q, full: "Previous export is 10 days old (maximum 7 days): "
+                                 "a new full baseline is recommended"),
     ],
-    ids=[
-        "bitmap-deleted",
-        "resized",
-        "generation-deleted",
-        "too-old",
-        "cbt-disabled",
-        "previous-without-cbt",
-        "topology",
-    ],
-)
+    ids=["bitmap-deleted", "resized", "generation-deleted", "too-old"],
+)  # fmt: skip
 def test_fallback_to_full(
     cli: Cli,
     qsd: QemuStorageDaemon,
     break_chain: Callable[[Cli, QemuStorageDaemon, dict], None],  # type: ignore[type-arg]
-    reason: str,
+    reason: Reason,
 ) -> None:
     full = baseline(cli, qsd)
     break_chain(cli, qsd, full)
+    expected = reason(cli, qsd, full)
     info = cli.run(
         "hyperexport", "--vm", qsd.locator, "--output", str(cli.repo), "--incremental-info"
     )
     assert info.returncode == 0, info.stderr
-    assert "✗ Full export required" in info.stdout and reason in info.stdout
+    assert "✗ Full export required" in info.stdout and expected in info.stdout, info.stdout
     out = cli.export(qsd.locator, "--incremental")
-    assert out["mode"] == "full"
-    assert reason in out["reason"]
+    assert (out["mode"], out["reason"]) == ("full", expected)
     # the new full export is a sound base again: the next one is incremental
-    if break_chain is not disable:
-        qsd.write(0, os.urandom(4096))
-        again = cli.export(qsd.locator, "--incremental")
-        assert again["mode"] == "incremental", again["reason"]
+    qsd.write(0, os.urandom(4096))
+    again = cli.export(qsd.locator, "--incremental")
+    assert (again["mode"], again["reason"]) == ("incremental", "Incremental export possible")
+
+
+def test_cbt_turned_off_then_on_needs_a_new_baseline(cli: Cli, qsd: QemuStorageDaemon) -> None:
+    baseline(cli, qsd)
+    assert cli.run("hyperexport", "--vm", qsd.locator, "--disable-cbt").returncode == 0
+    off = cli.export(qsd.locator, "--incremental")
+    assert (off["mode"], off["reason"]) == ("full", "no usable checkpoint bitmap on disk0")
+    assert cli.run("hyperexport", "--vm", qsd.locator, "--enable-cbt").returncode == 0
+    on = cli.export(qsd.locator, "--incremental")
+    assert (on["mode"], on["reason"]) == (
+        "full",
+        "Previous export was made without CBT: a new baseline is needed",
+    )
+    qsd.write(0, os.urandom(4096))
+    again = cli.export(qsd.locator, "--incremental")
+    assert (again["mode"], again["reason"]) == ("incremental", "Incremental export possible")
 
 
 def test_no_previous_export_and_force_full(cli: Cli, qsd: QemuStorageDaemon) -> None:
@@ -150,13 +152,15 @@ def test_no_previous_export_and_force_full(cli: Cli, qsd: QemuStorageDaemon) -> 
 
 
 def test_max_incremental_age_flag(cli: Cli, qsd: QemuStorageDaemon) -> None:
+    """A 10-day-old export: too old by default and for 9 days, young enough for 400."""
     full = baseline(cli, qsd)
-    path = latest_record(cli, full["vm"])
-    doc = json.loads(path.read_text())
-    doc["export_time"] = doc["export_time"][:8] + "01T00:00:00Z"  # the 1st of this month
-    path.write_text(json.dumps(doc))
+    age_record(cli, full["vm"], 10)
+    info = cli.run("hyperexport", "--vm", qsd.locator, "--output", str(cli.repo),
+                   "--incremental-info", "--max-incremental-age", "9")  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    assert "Previous export is 10 days old (maximum 9 days)" in info.stdout, info.stdout
     out = cli.export(qsd.locator, "--incremental", "--max-incremental-age", "400")
-    assert out["mode"] == "incremental", out["reason"]
+    assert (out["mode"], out["reason"]) == ("incremental", "Incremental export possible")
 
 
 def test_another_repository_starts_its_own_chain(cli: Cli, qsd: QemuStorageDaemon) -> None:
@@ -165,4 +169,10 @@ def test_another_repository_starts_its_own_chain(cli: Cli, qsd: QemuStorageDaemo
     proc = cli.run(
         "hyperexport", "--vm", qsd.locator, "--output", str(other), "--incremental", "--json"
     )
-    assert json.loads(proc.stdout)["mode"] == "full"
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    # the history is read per repository: the other one has no previous export of the VM
+    assert (doc["mode"], doc["reason"]) == (
+        "full",
+        "No previous export: this export is the baseline",
+    )
