@@ -139,7 +139,7 @@ def aged(delta: timedelta, max_age: timedelta = DEFAULT_MAX_AGE) -> Callable[[Wo
         w.record.export_time = _stamp(NOW - delta)
         w.max_age = max_age
 
-    arrange.__name__ = f"aged_{delta}"
+    arrange.__name__ = f"aged_{delta.days}d{delta.seconds}s_max_{max_age.days}d"
     return arrange
 
 
@@ -265,6 +265,7 @@ ROWS: list[tuple[Callable[[World], None], str]] = [
 def test_decide(world: World, arrange: Callable[[World], None], expected: str) -> None:
     arrange(world)
     damage = [b.problem for b in world.repo.damaged("vm1")]
+    assert bool(damage) is ("{damage}" in expected)  # only the damaged row damages it
     expected = expected.format(
         gen=world.gen,
         root=world.repo.root,
