@@ -65,7 +65,7 @@ class Job:
     vm_path: str | None
     output: str | None
     state: JobState = JobState.QUEUED
-    phase: str = "queued"
+    phase: str = JobState.QUEUED.value  # finer than the state: "copying", "committing"...
     bytes_done: int = 0
     bytes_total: int | None = None
     throughput_bytes_per_s: float | None = None
@@ -141,7 +141,7 @@ class JobStore:
                 job = dataclasses.replace(
                     Job.from_json(json.loads(raw)),
                     state=JobState.FAILED,
-                    phase="failed",
+                    phase=JobState.FAILED.value,
                     finished=now_iso(),
                     error=dict(RESTARTED),
                 )

@@ -183,7 +183,7 @@ class Runner:
         return self._finish(job_id, JobState.CANCELLED)
 
     def _finish(self, job_id: str, state: JobState, **fields: Any) -> Job:
-        phase = "done" if state is JobState.SUCCEEDED else str(state)
+        phase = "done" if state is JobState.SUCCEEDED else state.value
         return self.store.update(job_id, state=state, phase=phase, finished=now_iso(), **fields)
 
     def _run(self, job_id: str, work: Callable[[JobContext], dict[str, Any]]) -> None:
