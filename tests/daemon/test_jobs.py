@@ -4,8 +4,11 @@ job (the SSE streams) about every change of it."""
 from __future__ import annotations
 
 import ast
+import itertools
+import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ import pytest
 import hypersdk.daemon
 from hypersdk.daemon.jobs import FINISHED, STATES, Job, JobKind, JobState, JobStore
 from hypersdk.errors import NotFoundError
+from tests.daemon.live import Hypervisord
+from tests.rigs.qsd import MiB, QemuStorageDaemon
 
 DAEMON = Path(hypersdk.daemon.__file__).parent
 
@@ -123,3 +128,23 @@ def test_a_failing_watcher_does_not_fail_the_job(store: JobStore) -> None:
     updated = store.update(job.id, state=JobState.SUCCEEDED)
     assert updated.done and store.get(job.id).state is JobState.SUCCEEDED
     assert heard == [1]
+
+
+def test_events_follow_changes_at_most_four_a_second(
+    hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: Path
+) -> None:
+    qsd.write(0, random.Random(5).randbytes(6 * MiB))
+    qsd.flush()
+    http = hvd.client()
+    slow = {"compression": "zstd", "compression_level": 19, "parallel": 1}
+    r = http.post("/exports", json={"vm_path": qsd.locator, "output": str(tmp_path / "r"), **slow})
+    job_id = r.json()["id"]
+    arrivals: list[tuple[float, str]] = []
+    with http.stream("GET", f"/exports/{job_id}/events") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                arrivals.append((time.monotonic(), line.removeprefix("event: ")))
+    names = [name for _, name in arrivals]
+    assert names[-1] == "end" and set(names[:-1]) == {"job"} and len(names) >= 3
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(arrivals)]
+    assert min(gaps) > 0.2, gaps  # EVENT_INTERVAL: changes between events are merged
