@@ -94,7 +94,7 @@ def exporter(
 
     def export(incremental: bool) -> ExportReport:
         request = ExportRequest(
-            output=str(output),
+            output=str(output.absolute()),  # a request takes absolute paths only
             incremental=incremental,
             compression=compression,
             parallel=parallel,

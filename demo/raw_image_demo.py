@@ -20,7 +20,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from hypersdk.cli.output import human_bytes
-from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter
+from hypersdk.engine.writer import GenerationResult, GenerationWriter
 from hypersdk.providers.base import Extent, FrozenDisk, VmIdentity
 from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.manifest import Manifest
@@ -42,7 +42,7 @@ def export(
             [disk],
             parent=parent,
             reason="demo",
-            options=ExportOptions(parallel=4),
+            parallel=4,
         )
 
 

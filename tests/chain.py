@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter
+from hypersdk.engine.writer import GenerationResult, GenerationWriter
 from hypersdk.providers.base import Extent, FrozenDisk, VmIdentity
 from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.manifest import Manifest
@@ -47,7 +47,7 @@ def export(
                 disks,
                 parent=parent,
                 reason="test",
-                options=ExportOptions(parallel=parallel),
+                parallel=parallel,
             )
     finally:
         for r in readers.values():

@@ -19,6 +19,8 @@ from typing import Any, Self
 
 import httpx
 
+from hypersdk.processes import stop_process
+
 START_TIMEOUT = 20.0
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -107,15 +109,8 @@ class Hypervisord:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, grace=15)
 
     def client(self, token: str | None = None) -> httpx.Client:
         tok = token if token is not None else self.token

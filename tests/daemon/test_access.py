@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hypersdk.daemon.jobs import new_job
+from hypersdk.daemon.jobs import Job, JobKind
 from tests.daemon.live import Hypervisord, free_port
 from tests.rigs.qsd import MiB, QemuStorageDaemon
 
@@ -367,12 +367,12 @@ def test_event_streams_are_bounded(tmp_path: Path) -> None:
         ids = []
         with sqlite3.connect(hvd.state_dir / "daemon" / "jobs.db") as db:
             for _ in range(3):
-                job = new_job("export", "/dc/vm/x", None)
+                job = Job.new(JobKind.EXPORT, "/dc/vm/x", None)
                 db.execute(
                     "INSERT INTO jobs (id, kind, vm_path, state, doc) VALUES (?, ?, ?, ?, ?)",
-                    (job["id"], "export", "/dc/vm/x", "queued", json.dumps(job)),
+                    (job.id, "export", "/dc/vm/x", "queued", json.dumps(job.to_json())),
                 )
-                ids.append(job["id"])
+                ids.append(job.id)
         http = hvd.client()
         with http.stream("GET", f"/exports/{ids[0]}/events") as one:
             assert one.status_code == 200

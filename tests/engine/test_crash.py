@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hypersdk.engine.writer import ExportOptions, GenerationWriter
+from hypersdk.engine.writer import GenerationWriter
 from hypersdk.errors import LockedError
 from hypersdk.providers.base import FrozenDisk
 from hypersdk.providers.raw import RawImageReader
@@ -50,7 +50,7 @@ def test_exception_mid_generation_commits_nothing(tmp_path: Path) -> None:
     reader = FailingReader(img, fail_at=30 * BS)
     disk = FrozenDisk("disk-0", 40 * BS, "c2", None, reader)
     with pytest.raises(OSError, match="injected"), GenerationWriter(repo, vm()) as w:
-        w.write([disk], parent=first.manifest, reason="t", options=ExportOptions(parallel=4))
+        w.write([disk], parent=first.manifest, reason="t", parallel=4)
     reader.close()
     _assert_intact(repo, expected, tmp_path)
     gc = collect_garbage(repo)

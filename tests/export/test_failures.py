@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hypersdk.engine.export import ExportRequest, run_export
+from hypersdk.engine.export import ExportHooks, ExportRequest, run_export
 from hypersdk.errors import ExportCancelled
 from hypersdk.providers.factory import open_provider
 from hypersdk.state.history import History
@@ -44,11 +44,10 @@ def test_failure_midway_commits_nothing_and_cleans_up(cli: Cli, qsd: QemuStorage
         if done[0] >= 4 * MiB:
             cancel.set()  # like DELETE /exports/{id} or Ctrl-C in the middle of the copy
 
-    request = ExportRequest(
-        output=str(cli.repo), incremental=True, progress=progress, cancel=cancel, parallel=2
-    )
+    request = ExportRequest(output=str(cli.repo), incremental=True, parallel=2)
+    hooks = ExportHooks(progress=progress, cancel=cancel)
     with pytest.raises(ExportCancelled):
-        run_export(provider, request, History(cli.tmp / "state"))
+        run_export(provider, request, History(cli.tmp / "state"), hooks)
     provider.close()
 
     assert leftovers(qsd) == before  # no fleecing node, export, job or new checkpoint

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from hypersdk.engine.export import ExportRequest, run_export
+from hypersdk.engine.export import ExportHooks, ExportRequest, run_export
 from hypersdk.providers.factory import open_provider
 from hypersdk.state.history import History
 from tests.export.conftest import Cli
@@ -109,11 +109,9 @@ def test_point_in_time_while_the_guest_writes(cli: Cli, qsd: QemuStorageDaemon) 
                 w.start()  # the point in time is fixed: the guest may write from now on
                 time.sleep(0.05)
 
-            request = ExportRequest(
-                output=str(cli.repo), incremental=incremental, on_plan=frozen, parallel=4
-            )
+            request = ExportRequest(output=str(cli.repo), incremental=incremental, parallel=4)
             try:
-                report = run_export(provider, request, history)
+                report = run_export(provider, request, history, ExportHooks(on_plan=frozen))
             finally:
                 stop.set()
                 writer.join()

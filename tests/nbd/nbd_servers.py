@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from hypersdk.processes import stop_process
+
 STARTUP_TIMEOUT = 10.0
 
 
@@ -61,13 +63,7 @@ def _tcp_ready(port: int) -> Callable[[], bool]:
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop one server by its pid: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+    stop_process(proc, grace=5)
     if proc.stderr:
         proc.stderr.close()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +20,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from hypersdk.processes import stop_process
 
 MiB = 1024 * 1024
 START_TIMEOUT = 15.0
@@ -132,15 +133,8 @@ class _Process:
     def stop(self) -> None:
         self.close_monitor()
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, grace=STOP_TIMEOUT)
 
     def __enter__(self) -> Self:
         self.start()

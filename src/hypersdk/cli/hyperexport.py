@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,35 +23,51 @@ from hypersdk.cli.info import print_analysis
 from hypersdk.cli.numbers import float_in, int_in, size_in
 from hypersdk.cli.output import ByteProgress, OneLineParser, fail, human_bytes, print_json
 from hypersdk.engine.analysis import analyze
-from hypersdk.engine.export import ExportReport, ExportRequest, run_export
+from hypersdk.engine.export import ExportReport, run_export
+from hypersdk.engine.request import (
+    DEFAULT_MAX_AGE_DAYS,
+    DEFAULT_PARALLEL,
+    MAX_AGE_DAYS,
+    MAX_LEVEL,
+    MAX_PARALLEL,
+    MIN_LEVEL,
+    MIN_PARALLEL,
+    ExportHooks,
+    ExportRequest,
+    InvalidField,
+)
 from hypersdk.errors import ExportCancelled, UsageError
 from hypersdk.providers.base import Provider
 from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.factory import QEMU_PREFIXES, open_provider
-from hypersdk.repository.repository import (
-    MAX_BLOCK_SIZE,
-    MIN_BLOCK_SIZE,
-    Repository,
-    check_block_size,
-)
+from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Repository
 from hypersdk.state.history import History
 
 PROG = "hyperexport"
-MAX_AGE_DAYS = 36500.0
+
+# The flag that sets each field of an ExportRequest, to word its errors as the user typed.
+FLAGS = {
+    "output": "--output",
+    "incremental": "--incremental",
+    "force_full": "--force-full",
+    "compression": "--compress",
+    "compression_level": "--compress",
+    "block_size": "--block-size",
+    "parallel": "--parallel",
+    "max_incremental_age_days": "--max-incremental-age",
+}
 
 
 @dataclass(frozen=True)
 class Options:
+    """The command: what to do with which VM, and how to report it. An export's own
+    parameters are its ``request``, checked when it was built."""
+
     vm: str
     output: str | None
     action: str  # "export", "info", "enable-cbt", "disable-cbt"
-    incremental: bool
-    force_full: bool
-    compression: str | None  # None: the repository's setting (zstd for a new one)
-    compression_level: int | None
-    block_size: int | None  # None: 1 MiB for a new repository
-    parallel: int
-    max_age: timedelta
+    request: ExportRequest | None  # for "export" only
+    max_age: timedelta  # what --incremental-info calls too old
     json: bool
     quiet: bool
     vsphere: VsphereSettings | None = None
@@ -89,15 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="block size of a NEW repository: a power of two from 64K to 16M (default 1M)",
     )
     p.add_argument(
-        "--parallel", type=int_in(1, 64), default=4, help="reader threads, 1 to 64 (default 4)"
+        "--parallel",
+        type=int_in(MIN_PARALLEL, MAX_PARALLEL),
+        default=DEFAULT_PARALLEL,
+        help=f"reader threads, {MIN_PARALLEL} to {MAX_PARALLEL} (default {DEFAULT_PARALLEL})",
     )
     p.add_argument(
         "--max-incremental-age",
-        # timedelta refuses more than 999999999 days; a century is plenty.
         type=float_in(0, MAX_AGE_DAYS, low_open=True),
-        default=7.0,
+        default=DEFAULT_MAX_AGE_DAYS,
         metavar="DAYS",
-        help="older last exports make a full export (default 7)",
+        help=f"older last exports make a full export (default {DEFAULT_MAX_AGE_DAYS:g})",
     )
     p.add_argument(
         "--server",
@@ -163,26 +182,45 @@ def to_options(args: argparse.Namespace) -> Options:
     action = actions[0] if actions else "export"
     if action == "export" and not args.output:
         raise UsageError("an export needs --output (the repository folder)")
-    comp, _, level = (args.compress or "").partition(":")
-    if args.compress is not None and comp.lower() not in ("zstd", "lz4", "none"):
-        raise UsageError(f"unknown compression {comp!r}: choose zstd, lz4 or none")
-    if level and (comp.lower() != "zstd" or not level.isdigit() or not 1 <= int(level) <= 22):
-        raise UsageError(f"--compress {args.compress!r}: only zstd takes a level, from 1 to 22")
     return Options(
         vm=args.vm,
         output=args.output,
         action=action,
-        incremental=args.incremental,
-        force_full=args.force_full,
-        compression=comp.lower() if args.compress is not None else None,
-        compression_level=int(level) if level else None,
-        block_size=(check_block_size(args.block_size) if args.block_size is not None else None),
-        parallel=args.parallel,
+        request=export_request(args) if action == "export" else None,
         max_age=timedelta(days=args.max_incremental_age),
         json=args.json,
         quiet=args.quiet,
         vsphere=vsphere_settings(args),
     )
+
+
+def export_request(args: argparse.Namespace) -> ExportRequest:
+    """The flags as one ExportRequest; a field it refuses is reported by its flag."""
+    compression: str | None = None
+    level: int | None = None
+    if args.compress is not None:
+        name, colon, text = args.compress.partition(":")
+        compression = name.strip().lower()
+        if colon:
+            if not text.strip().isdigit():
+                raise UsageError(
+                    f"--compress {args.compress!r}: the level is a whole number "
+                    f"from {MIN_LEVEL} to {MAX_LEVEL}"
+                )
+            level = int(text)
+    try:
+        return ExportRequest(
+            output=os.path.abspath(args.output),
+            incremental=args.incremental,
+            force_full=args.force_full,
+            compression=compression,
+            compression_level=level,
+            block_size=args.block_size,
+            parallel=args.parallel,
+            max_incremental_age_days=args.max_incremental_age,
+        )
+    except InvalidField as err:
+        raise UsageError(f"{FLAGS.get(err.field, err.field)} {err.detail}") from err
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -219,7 +257,9 @@ def run(opts: Options) -> int:
             analysis = analyze(provider, history, repo=repo, max_age=opts.max_age)
             print_analysis(analysis, as_json=opts.json)
             return 0
-        return _export(opts, provider, history)
+        if opts.request is None:  # pragma: no cover - to_options builds one for an export
+            raise UsageError("an export needs --output (the repository folder)")
+        return _export(opts, opts.request, provider, history)
     finally:
         provider.close()
 
@@ -232,7 +272,7 @@ def _say(opts: Options, doc: dict[str, object]) -> int:
     return 0
 
 
-def _export(opts: Options, provider: Provider, history: History) -> int:
+def _export(opts: Options, request: ExportRequest, provider: Provider, history: History) -> int:
     bar = ByteProgress(enabled=not (opts.quiet or opts.json))
 
     def on_plan(mode: str, reason: str, total: int) -> None:
@@ -240,20 +280,10 @@ def _export(opts: Options, provider: Provider, history: History) -> int:
             sys.stderr.write(f"{mode} export: {reason}\n")
         bar.start(f"{mode} export", total)
 
-    request = ExportRequest(
-        output=str(opts.output),
-        incremental=opts.incremental,
-        force_full=opts.force_full,
-        compression=opts.compression,
-        compression_level=opts.compression_level,
-        block_size=opts.block_size,
-        parallel=opts.parallel,
-        max_age=opts.max_age,
-        on_plan=on_plan,
-        progress=bar.advance,
-    )
     try:
-        report = run_export(provider, request, history)
+        report = run_export(
+            provider, request, history, ExportHooks(on_plan=on_plan, progress=bar.advance)
+        )
     finally:
         bar.close()
     if opts.json:

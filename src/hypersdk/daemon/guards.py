@@ -154,7 +154,7 @@ class BodyGuard:
 
 class EventStreamLimit:
     """At most ``limit`` open ``GET /exports/{id}/events`` streams: each holds a
-    connection and polls the job store. Beyond: 429 ``too_many_streams``. The count
+    connection and waits for changes of its job. Beyond: 429 ``too_many_streams``. The count
     drops when the route returns, however the stream ends (finished, disconnected)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:

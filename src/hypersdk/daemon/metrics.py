@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypersdk.daemon.jobs import KINDS, STATES, JobStore
+from hypersdk.daemon.jobs import KINDS, STATES, JobState, JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -18,7 +18,7 @@ def render(store: JobStore) -> str:
         for state in STATES:
             n = counts.get((kind, state), 0)
             lines.append(f'hypersdk_jobs_total{{kind="{kind}",state="{state}"}} {n}')
-    running = sum(n for (_, s), n in counts.items() if s == "running")
+    running = sum(n for (_, s), n in counts.items() if s == JobState.RUNNING)
     read = sum(int(r.get("bytes_read", 0)) for r in results)
     stored = sum(int(r.get("bytes_stored", 0)) for r in results)
     duration = sum(float(r.get("duration_s", 0.0)) for r in results)

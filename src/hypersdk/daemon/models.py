@@ -11,9 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobKind = Literal["export", "restore", "verify"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-
+from hypersdk.daemon.jobs import JobKind, JobState
+from hypersdk.engine import request as req
+from hypersdk.engine.request import ExportRequest
+from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 NO_NUL = r"^[^\x00]+$"
 ABSOLUTE = r"^/[^\x00]*$"
@@ -130,17 +131,35 @@ class AnalyzeResponse(BaseModel):
 
 
 class ExportCreate(_Request):
+    """The JSON form of an ``ExportRequest``: the bounds here only describe the schema;
+    ``to_request`` builds the request, which checks every field (and is the default)."""
+
     vm_path: str = _vm_path()
     output: str | None = _output()
     incremental: bool = False
     force_full: bool = False
     compression: Literal["zstd", "lz4", "none"] | None = None
-    compression_level: int | None = Field(default=None, ge=1, le=22)
+    compression_level: int | None = Field(default=None, ge=req.MIN_LEVEL, le=req.MAX_LEVEL)
     block_size: int | None = Field(
-        default=None, ge=65536, le=16 * 1024 * 1024, description="a power of two"
+        default=None, ge=MIN_BLOCK_SIZE, le=MAX_BLOCK_SIZE, description="a power of two"
     )
-    parallel: int = Field(default=4, ge=1, le=64)
-    max_incremental_age_days: float = Field(default=7.0, gt=0, le=36500)
+    parallel: int = Field(default=req.DEFAULT_PARALLEL, ge=req.MIN_PARALLEL, le=req.MAX_PARALLEL)
+    max_incremental_age_days: float = Field(
+        default=req.DEFAULT_MAX_AGE_DAYS, gt=0, le=req.MAX_AGE_DAYS
+    )
+
+    def to_request(self, output: str) -> ExportRequest:
+        """The checked request, writing into ``output`` (the resolved, allowed folder)."""
+        return ExportRequest(
+            output=output,
+            incremental=self.incremental,
+            force_full=self.force_full,
+            compression=self.compression,
+            compression_level=self.compression_level,
+            block_size=self.block_size,
+            parallel=self.parallel,
+            max_incremental_age_days=self.max_incremental_age_days,
+        )
 
 
 class RestoreCreate(_Request):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -10,36 +11,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from hypersdk.daemon.jobs import FINISHED
-from hypersdk.daemon.models import ExportCreate, Job, JobKind, JobList, JobState
+from hypersdk.daemon import jobs
+from hypersdk.daemon.jobs import JobKind, JobState
+from hypersdk.daemon.models import ExportCreate, Job, JobList
 from hypersdk.daemon.responses import ERRORS
 from hypersdk.daemon.runner import ExportSpec
 from hypersdk.daemon.state import Daemon, daemon
-from hypersdk.errors import NotFoundError
-from hypersdk.repository.repository import check_block_size
 
 router = APIRouter(tags=["jobs"], responses=ERRORS)
 Dep = Annotated[Daemon, Depends(daemon)]
 
 EVENT_INTERVAL = 0.25  # seconds: at most ~4 events a second
+DISCONNECT_CHECK = 0.25  # seconds: how soon a quiet stream notices its client left
 
 
 @router.post("/exports", response_model=Job, status_code=202)
-def create_export(body: ExportCreate, d: Dep) -> dict[str, Any]:
-    if body.block_size is not None:
-        check_block_size(body.block_size)
+def create_export(body: ExportCreate, d: Dep) -> jobs.Job:
     d.check_vm(body.vm_path)
-    spec = ExportSpec(
-        vm_path=body.vm_path,
-        output=d.output(body.output),
-        incremental=body.incremental,
-        force_full=body.force_full,
-        compression=body.compression,
-        compression_level=body.compression_level,
-        block_size=body.block_size,
-        parallel=body.parallel,
-        max_incremental_age_days=body.max_incremental_age_days,
-    )
+    spec = ExportSpec(vm_path=body.vm_path, request=body.to_request(d.output(body.output)))
     return d.runner.submit_export(spec)
 
 
@@ -51,16 +40,17 @@ def list_jobs(
     vm_path: Annotated[str | None, Query(max_length=4096)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    return {"jobs": d.store.find(state=state, kind=kind, vm_path=vm_path, limit=limit)}
+    found = d.store.find(state=state, kind=kind, vm_path=vm_path, limit=limit)
+    return {"jobs": [job.to_json() for job in found]}
 
 
 @router.get("/exports/{job_id}", response_model=Job)
-def get_job(job_id: str, d: Dep) -> dict[str, Any]:
+def get_job(job_id: str, d: Dep) -> jobs.Job:
     return d.store.get(job_id)
 
 
 @router.delete("/exports/{job_id}", response_model=Job)
-def cancel_job(job_id: str, d: Dep) -> dict[str, Any]:
+def cancel_job(job_id: str, d: Dep) -> jobs.Job:
     return d.runner.cancel(job_id)
 
 
@@ -76,25 +66,37 @@ def cancel_job(job_id: str, d: Dep) -> dict[str, Any]:
     },
 )
 async def job_events(job_id: str, request: Request, d: Dep) -> StreamingResponse:
-    first = d.store.get(job_id)  # 404 before the stream starts
+    d.store.get(job_id)  # 404 before the stream starts
 
     async def stream() -> AsyncIterator[str]:
-        last: dict[str, Any] | None = None
-        job = first
-        while True:
-            if job != last:
-                last = job
-                if job["state"] in FINISHED:
-                    yield _event("end", job)
-                    return
-                yield _event("job", job)
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(EVENT_INTERVAL)
-            try:
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def notify() -> None:  # called by the thread that changed the job
+            with contextlib.suppress(RuntimeError):  # the loop is closing: nobody listens
+                loop.call_soon_threadsafe(changed.set)
+
+        unwatch = d.store.watch(job_id, notify)
+        try:
+            job, last = d.store.get(job_id), None  # read after watching: no change is lost
+            while True:
+                if job != last:
+                    last = job
+                    if job.done:
+                        yield _event("end", job)
+                        return
+                    yield _event("job", job)
+                # At most ~4 events a second: changes meanwhile merge into the next one.
+                await asyncio.sleep(EVENT_INTERVAL)
+                while not changed.is_set():
+                    if await request.is_disconnected():
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), DISCONNECT_CHECK)
+                changed.clear()
                 job = d.store.get(job_id)
-            except NotFoundError:  # pragma: no cover - jobs are never deleted
-                return
+        finally:
+            unwatch()
 
     return StreamingResponse(
         stream(),
@@ -103,5 +105,5 @@ async def job_events(job_id: str, request: Request, d: Dep) -> StreamingResponse
     )
 
 
-def _event(name: str, job: dict[str, Any]) -> str:
-    return f"event: {name}\ndata: {json.dumps(job, separators=(',', ':'))}\n\n"
+def _event(name: str, job: jobs.Job) -> str:
+    return f"event: {name}\ndata: {json.dumps(job.to_json(), separators=(',', ':'))}\n\n"

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
+from hypersdk.daemon import jobs
 from hypersdk.daemon.models import (
     GenerationList,
     Job,
@@ -36,7 +37,7 @@ def list_generations(
 
 
 @router.post("/restores", response_model=Job, status_code=202)
-def create_restore(body: RestoreCreate, d: Dep) -> dict[str, Any]:
+def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
     output = d.output(body.output)
     target = d.allowed.restore_target(body.to)
     spec = prepare_restore(
@@ -52,6 +53,6 @@ def create_restore(body: RestoreCreate, d: Dep) -> dict[str, Any]:
 
 
 @router.post("/verifications", response_model=Job, status_code=202)
-def create_verification(body: VerifyCreate, d: Dep) -> dict[str, Any]:
+def create_verification(body: VerifyCreate, d: Dep) -> jobs.Job:
     spec = prepare_verify(d.output(body.output), body.vm, body.generation)
     return d.runner.submit_verify(spec)

@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from hypersdk.daemon.config import DaemonConfig
-from hypersdk.daemon.jobs import FINISHED, JobStore, new_job, now_iso
-from hypersdk.engine.export import ExportRequest, run_export
+from hypersdk.daemon.jobs import RESTARTED, Job, JobKind, JobState, JobStore, now_iso
+from hypersdk.engine.export import ExportHooks, ExportRequest, run_export
 from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, UsageError
 from hypersdk.providers.factory import open_provider
 from hypersdk.repository.repository import Repository
@@ -37,15 +36,14 @@ CANCEL_WAIT = 30.0  # how long DELETE waits for a running job to stop
 
 @dataclass(frozen=True)
 class ExportSpec:
+    """One export job: the VM and its checked request."""
+
     vm_path: str
-    output: str
-    incremental: bool = False
-    force_full: bool = False
-    compression: str | None = None
-    compression_level: int | None = None
-    block_size: int | None = None
-    parallel: int = 4
-    max_incremental_age_days: float = 7.0
+    request: ExportRequest
+
+    @property
+    def output(self) -> str:
+        return self.request.output
 
 
 @dataclass(frozen=True)
@@ -123,26 +121,26 @@ class Runner:
 
     # -- submitting ------------------------------------------------------------------
 
-    def submit_export(self, spec: ExportSpec) -> dict[str, Any]:
+    def submit_export(self, spec: ExportSpec) -> Job:
         with self._lock:
             other = self._exporting.get(spec.vm_path)
             if other is not None:
                 raise ConflictError(f"an export of {spec.vm_path} is already running ({other})")
-            job = self.store.add(new_job("export", spec.vm_path, spec.output))
-            self._exporting[spec.vm_path] = job["id"]
-            self._start(job["id"], lambda ctx: self._run_export(ctx, spec))
+            job = self.store.add(Job.new(JobKind.EXPORT, spec.vm_path, spec.output))
+            self._exporting[spec.vm_path] = job.id
+            self._start(job.id, lambda ctx: self._run_export(ctx, spec))
         return job
 
-    def submit_restore(self, spec: RestoreSpec) -> dict[str, Any]:
+    def submit_restore(self, spec: RestoreSpec) -> Job:
         with self._lock:
-            job = self.store.add(new_job("restore", spec.vm, spec.output))
-            self._start(job["id"], lambda ctx: self._run_restore(ctx, spec))
+            job = self.store.add(Job.new(JobKind.RESTORE, spec.vm, spec.output))
+            self._start(job.id, lambda ctx: self._run_restore(ctx, spec))
         return job
 
-    def submit_verify(self, spec: VerifySpec) -> dict[str, Any]:
+    def submit_verify(self, spec: VerifySpec) -> Job:
         with self._lock:
-            job = self.store.add(new_job("verify", spec.vm, spec.output))
-            self._start(job["id"], lambda ctx: self._run_verify(ctx, spec))
+            job = self.store.add(Job.new(JobKind.VERIFY, spec.vm, spec.output))
+            self._start(job.id, lambda ctx: self._run_verify(ctx, spec))
         return job
 
     def _start(self, job_id: str, work: Callable[[JobContext], dict[str, Any]]) -> None:
@@ -152,16 +150,16 @@ class Runner:
 
     # -- cancelling ------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> Job:
         with self._lock:
             job = self.store.get(job_id)
-            if job["state"] in FINISHED:
-                raise ConflictError(f"job {job_id} already finished ({job['state']})")
+            if job.done:
+                raise ConflictError(f"job {job_id} already finished ({job.state})")
             cancel, done = self._cancel.get(job_id), self._done.get(job_id)
             if cancel is None or done is None:  # pragma: no cover - recovered at start
                 raise ConflictError(f"job {job_id} is not run by this daemon")
             cancel.set()
-            if job["state"] == "queued":
+            if job.state is JobState.QUEUED:
                 return self._finish_cancelled(job_id, "cancelled before it started")
             self.store.update(job_id, phase="cancelling")
         done.wait(CANCEL_WAIT)
@@ -178,27 +176,27 @@ class Runner:
 
     # -- running ---------------------------------------------------------------------
 
-    def _finish_cancelled(self, job_id: str, why: str) -> dict[str, Any]:
+    def _finish_cancelled(self, job_id: str, why: str) -> Job:
         if self._stopping:
-            return self.store.update(
-                job_id,
-                state="failed",
-                phase="failed",
-                finished=now_iso(),
-                error={"code": "daemon_restarted", "message": "daemon restarted"},
-            )
+            return self._finish(job_id, JobState.FAILED, error=dict(RESTARTED))
         log.info("job %s cancelled: %s", job_id, why)
-        return self.store.update(job_id, state="cancelled", phase="cancelled", finished=now_iso())
+        return self._finish(job_id, JobState.CANCELLED)
+
+    def _finish(self, job_id: str, state: JobState, **fields: Any) -> Job:
+        phase = "done" if state is JobState.SUCCEEDED else state.value
+        return self.store.update(job_id, state=state, phase=phase, finished=now_iso(), **fields)
 
     def _run(self, job_id: str, work: Callable[[JobContext], dict[str, Any]]) -> None:
         cancel, done = self._cancel[job_id], self._done[job_id]
         try:
             with self._lock:
                 if cancel.is_set():
-                    if self._stopping and self.store.get(job_id)["state"] == "queued":
+                    if self._stopping and self.store.get(job_id).state is JobState.QUEUED:
                         self._finish_cancelled(job_id, "daemon stopping")
                     return  # else cancelled while queued; already recorded
-                self.store.update(job_id, state="running", phase="starting", started=now_iso())
+                self.store.update(
+                    job_id, state=JobState.RUNNING, phase="starting", started=now_iso()
+                )
             ctx = JobContext(self.store, job_id, cancel)
             try:
                 result = work(ctx)
@@ -206,26 +204,16 @@ class Runner:
                 self._finish_cancelled(job_id, str(exc))
             except HyperSDKError as exc:
                 log.info("job %s failed: %s", job_id, exc)
-                self.store.update(
-                    job_id,
-                    state="failed",
-                    phase="failed",
-                    finished=now_iso(),
-                    error={"code": exc.code, "message": str(exc)},
-                )
+                self._finish(job_id, JobState.FAILED, error={"code": exc.code, "message": str(exc)})
             except Exception:
                 log.exception("job %s failed unexpectedly", job_id)
-                self.store.update(
+                self._finish(
                     job_id,
-                    state="failed",
-                    phase="failed",
-                    finished=now_iso(),
+                    JobState.FAILED,
                     error={"code": "internal_error", "message": "internal error (see daemon log)"},
                 )
             else:
-                self.store.update(
-                    job_id, state="succeeded", phase="done", finished=now_iso(), result=result
-                )
+                self._finish(job_id, JobState.SUCCEEDED, result=result)
         finally:
             with self._lock:
                 for vm, running in list(self._exporting.items()):
@@ -242,20 +230,9 @@ class Runner:
             if ctx.cancel.is_set():
                 raise ExportCancelled("export cancelled; nothing was committed")
             ctx.update(phase="deciding")
-            request = ExportRequest(
-                output=spec.output,
-                incremental=spec.incremental,
-                force_full=spec.force_full,
-                compression=spec.compression,
-                compression_level=spec.compression_level,
-                block_size=spec.block_size,
-                parallel=spec.parallel,
-                max_age=timedelta(days=spec.max_incremental_age_days),
-                on_plan=ctx.plan,
-                progress=ctx.advance,
-                cancel=ctx.cancel,
-            )
-            report = run_export(provider, request, History(Path(self.config.state_dir)))
+            hooks = ExportHooks(on_plan=ctx.plan, progress=ctx.advance, cancel=ctx.cancel)
+            history = History(Path(self.config.state_dir))
+            report = run_export(provider, spec.request, history, hooks)
         finally:
             provider.close()
         ctx.update(bytes_done=report.bytes_read)

@@ -7,34 +7,19 @@ only then may the provider drop older tracking state (QEMU checkpoints).
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from hypersdk.engine.decision import DEFAULT_MAX_AGE, Decision, decide
-from hypersdk.engine.writer import ExportOptions, GenerationResult, GenerationWriter, bytes_to_read
+from hypersdk.engine.decision import Decision, decide
+from hypersdk.engine.request import ExportHooks, ExportRequest
+from hypersdk.engine.writer import GenerationResult, GenerationWriter, bytes_to_read
 from hypersdk.errors import ChangeIdInvalid, UsageError
 from hypersdk.providers.base import CbtStatus, FrozenDisk, Provider, VmIdentity
 from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL, Repository
 from hypersdk.state.history import DiskEntry, ExportRecord, History
 
-
-@dataclass
-class ExportRequest:
-    output: str
-    incremental: bool = False
-    force_full: bool = False
-    compression: str | None = None  # None: the repository's own setting
-    compression_level: int | None = None
-    block_size: int | None = None  # for a new repository; None: 1 MiB
-    parallel: int = 4
-    max_age: timedelta = DEFAULT_MAX_AGE
-    on_plan: Callable[[str, str, int], None] | None = None  # (mode, reason, bytes to read)
-    progress: Callable[[int], None] | None = None
-    cancel: threading.Event | None = None
+__all__ = ["ExportHooks", "ExportReport", "ExportRequest", "run_export"]
 
 
 @dataclass
@@ -77,7 +62,15 @@ def choose_mode(request: ExportRequest, decision: Decision) -> tuple[bool, str]:
     return decision.can_incremental, decision.reason
 
 
-def run_export(provider: Provider, request: ExportRequest, history: History) -> ExportReport:
+def run_export(
+    provider: Provider,
+    request: ExportRequest,
+    history: History,
+    hooks: ExportHooks | None = None,
+) -> ExportReport:
+    """Export the provider's VM as ``request`` says (already checked when it was built);
+    ``hooks`` watch and may cancel it."""
+    hooks = hooks or ExportHooks()
     started = time.monotonic()
     history.prepare()
     vm = provider.identity()
@@ -97,7 +90,6 @@ def run_export(provider: Provider, request: ExportRequest, history: History) -> 
         # An explicit choice also applies to an existing repository's new chunks: each
         # chunk records how it is stored, so readers need nothing else.
         repo.use_compression(request.compression, level)
-    options = ExportOptions(request.parallel, request.progress, request.cancel)
     with GenerationWriter(repo, vm) as writer:
         status = provider.cbt_status()
         decision = decide(
@@ -110,13 +102,13 @@ def run_export(provider: Provider, request: ExportRequest, history: History) -> 
         incremental, reason = choose_mode(request, decision)
         try:
             result, disks = _copy(
-                provider, writer, decision if incremental else None, reason, options, request
+                provider, writer, decision if incremental else None, reason, request, hooks
             )
         except ChangeIdInvalid as exc:
             # The platform refused the old change id (vSphere FileFault/InvalidArgument,
             # a QEMU checkpoint that vanished): the chain cannot continue; start anew.
             reason = f"Previous change id was rejected ({exc}): full export instead"
-            result, disks = _copy(provider, writer, None, reason, options, request)
+            result, disks = _copy(provider, writer, None, reason, request, hooks)
     _record(history, repo, vm, status, result, disks)
     provider.backup_committed({d.key: d.change_id for d in disks})
     m = result.manifest
@@ -148,17 +140,19 @@ def _copy(
     writer: GenerationWriter,
     decision: Decision | None,
     reason: str,
-    options: ExportOptions,
     request: ExportRequest,
+    hooks: ExportHooks,
 ) -> tuple[GenerationResult, list[FrozenDisk]]:
     since = decision.since if decision is not None else None
     parent = decision.parent if decision is not None else None
     with provider.open_backup(since) as session:
         disks = list(session.disks)
-        if request.on_plan is not None:
+        if hooks.on_plan is not None:
             total = bytes_to_read(disks, writer.repo.config.block_size)
-            request.on_plan("incremental" if parent else "full", reason, total)
-        result = writer.write(disks, parent=parent, reason=reason, options=options)
+            hooks.on_plan("incremental" if parent else "full", reason, total)
+        result = writer.write(
+            disks, parent=parent, reason=reason, parallel=request.parallel, hooks=hooks
+        )
     return result, disks
 
 

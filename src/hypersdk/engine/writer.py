@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +25,8 @@ from types import TracebackType
 
 from hypersdk import __version__
 from hypersdk.engine.plan import READ, ZERO, plan_blocks
-from hypersdk.errors import ExportCancelled, RepositoryError, UsageError
+from hypersdk.engine.request import DEFAULT_PARALLEL, ExportHooks
+from hypersdk.errors import ExportCancelled, RepositoryError
 from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.repository.chunkstore import ChunkBatch
 from hypersdk.repository.envelope import chunk_id
@@ -41,18 +42,15 @@ from hypersdk.repository.repository import Repository
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int], None]
 
+@dataclass(frozen=True)
+class _Run:
+    parallel: int
+    hooks: ExportHooks
 
-@dataclass
-class ExportOptions:
-    parallel: int = 4
-    progress: ProgressCallback | None = None  # called with bytes just processed
-    cancel: threading.Event | None = None
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.parallel <= 64:
-            raise UsageError(f"--parallel must be 1 to 64, not {self.parallel}")
+    @property
+    def cancelled(self) -> bool:
+        return self.hooks.cancel is not None and self.hooks.cancel.is_set()
 
 
 @dataclass
@@ -114,10 +112,12 @@ class GenerationWriter:
         *,
         parent: Manifest | None,
         reason: str,
-        options: ExportOptions | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        hooks: ExportHooks | None = None,
     ) -> GenerationResult:
-        """Write and commit a generation; ``parent`` makes it incremental."""
-        opts = options or ExportOptions()
+        """Write and commit a generation; ``parent`` makes it incremental. ``parallel``
+        comes from a checked ``ExportRequest`` (or a test); it only sizes the pool."""
+        opts = _Run(parallel, hooks or ExportHooks())
         repo = self.repo
         if parent is not None:
             self._check_parent(parent, disks)
@@ -127,7 +127,7 @@ class GenerationWriter:
         batch = repo.chunks.stage()
         try:
             manifest = self._write(disks, parent, reason, opts, batch, stats, started, t0)
-            if opts.cancel is not None and opts.cancel.is_set():
+            if opts.cancelled:
                 raise ExportCancelled("export cancelled; nothing was committed")
             repo.commit(manifest, batch)
         except BaseException:
@@ -140,7 +140,7 @@ class GenerationWriter:
         disks: Sequence[FrozenDisk],
         parent: Manifest | None,
         reason: str,
-        opts: ExportOptions,
+        opts: _Run,
         batch: ChunkBatch,
         stats: dict[str, DiskStats],
         started: datetime,
@@ -222,7 +222,7 @@ class GenerationWriter:
 
 
 def _copy_disk(
-    repo: Repository, disk: FrozenDisk, base: DiskIndex, opts: ExportOptions, batch: ChunkBatch
+    repo: Repository, disk: FrozenDisk, base: DiskIndex, opts: _Run, batch: ChunkBatch
 ) -> tuple[DiskIndex, DiskStats]:
     block_size = repo.config.block_size
     plan = plan_blocks(disk.capacity_bytes, block_size, disk.changed)
@@ -276,15 +276,15 @@ def _copy_disk(
                 stats.chunks_rewritten += 1
         else:
             stats.chunks_reused += 1
-        if opts.progress is not None:
-            opts.progress(length)
+        if opts.hooks.progress is not None:
+            opts.hooks.progress(length)
 
     window = opts.parallel * 2
     pending: deque[Future[tuple[int, bytes | None, int, int]]] = deque()
     with ThreadPoolExecutor(opts.parallel, thread_name_prefix=f"export-{disk.key}") as pool:
         try:
             for block in plan.blocks(READ):
-                if opts.cancel is not None and opts.cancel.is_set():
+                if opts.cancelled:
                     raise ExportCancelled("export cancelled; nothing was committed")
                 pending.append(pool.submit(work, block))
                 if len(pending) >= window:

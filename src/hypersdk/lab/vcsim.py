@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from hypersdk.errors import (
     UsageError,
 )
 from hypersdk.lab.build import LabBuild, default_source_dir
+from hypersdk.processes import stop_process
 
 DEFAULT_STATE_DIR = Path("~/.hypersdk/lab")
 STATE_ENV = "HYPERSDK_LAB_DIR"
@@ -364,31 +364,13 @@ class VcsimLab:
         """Stop the lab by its pid; False if it was not running."""
         pid = self._read_pid()
         stopped = False
-        if pid is not None and self._is_ours(pid):
-            os.kill(pid, signal.SIGTERM)
-            if not self._wait_gone(pid, timeout):
-                os.kill(pid, signal.SIGKILL)
-                self._wait_gone(pid, 5.0)
-            stopped = True
+        if pid is not None:
+            # _is_ours guards against a reused pid: only the lab binary is signalled
+            stopped = stop_process(pid, grace=timeout, alive=self._is_ours)
         self._reap()
         for path in (self.pid_file, self.settings_file):
             path.unlink(missing_ok=True)
         return stopped
-
-    def _wait_gone(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.pid == pid:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=0.05)
-            else:
-                # Started by another VcsimLab of this process: reap it if it is our child.
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-            if not self._is_ours(pid):
-                return True
-            time.sleep(0.05)
-        return False
 
     def __enter__(self) -> VcsimLab:
         return self

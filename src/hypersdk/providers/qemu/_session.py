@@ -41,12 +41,12 @@ from hypersdk.errors import (
     CbtUnavailable,
     ChangeIdInvalid,
     ConflictError,
-    HyperSDKError,
     NbdError,
     ProviderError,
 )
 from hypersdk.nbd import NbdClient
 from hypersdk.providers.base import FrozenDisk
+from hypersdk.providers.cleanup import CleanupStack
 from hypersdk.providers.qemu import _checkpoints, _extents, _stale, _tools
 from hypersdk.providers.qemu._discovery import QemuDisk
 from hypersdk.providers.qemu._qmp import QmpCommandError, QmpConnection
@@ -91,41 +91,13 @@ def _snapshot(disk: QemuDisk, client: NbdClient, change_id: str, bitmap: str | N
     )
 
 
-class _Cleanup:
-    """A stack of undo steps; every step runs even when an earlier one fails."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], None]]] = []
-
-    def push(self, what: str, step: Callable[[], None]) -> None:
-        self._steps.append((what, step))
-
-    def run(self) -> list[str]:
-        errors: list[str] = []
-        interrupted: BaseException | None = None
-        while self._steps:
-            what, step = self._steps.pop()
-            try:
-                step()
-            except (HyperSDKError, OSError) as err:
-                log.warning("cleanup: %s failed: %s", what, err)
-                errors.append(f"{what}: {err}")
-            except BaseException as err:  # Ctrl-C during cleanup: finish it, then stop
-                log.warning("cleanup: %s interrupted: %r", what, err)
-                errors.append(f"{what}: interrupted")
-                interrupted = interrupted or err
-        if interrupted is not None:
-            raise interrupted
-        return errors
-
-
 class _SessionBase:
     """Shared life cycle: ``_start`` builds, ``__exit__`` always tears down."""
 
     def __init__(self) -> None:
         self._disks: list[FrozenDisk] = []
-        self._cleanup = _Cleanup()
-        self._on_failure = _Cleanup()  # removes the new checkpoints
+        self._cleanup = CleanupStack()
+        self._on_failure = CleanupStack()  # removes the new checkpoints
         self._clients: list[NbdClient] = []
         self._closed = False
         self.tmpdir = ""

@@ -7,17 +7,15 @@ Failures become ``hypersdk.errors`` types: a missing tool or a failed command is
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from typing import Any
 
 from hypersdk.errors import ConflictError, NotFoundError, ProviderError
+from hypersdk.processes import stop_process
 
 TOOL_TIMEOUT = 120.0
 STOP_TIMEOUT = 10.0
@@ -130,22 +128,9 @@ class QemuNbd:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        stop_process(proc.pid, proc)
+        stop_process(proc, grace=STOP_TIMEOUT)
         if proc.stderr:
             proc.stderr.close()
-
-
-def stop_process(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM ``pid``, then SIGKILL after ``STOP_TIMEOUT`` seconds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if proc is None:
-        return
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.kill(pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _socket_accepts(path: str) -> bool:

@@ -22,7 +22,7 @@ from hypersdk.providers.base import (
     VmIdentity,
 )
 from hypersdk.providers.connection import VsphereSettings
-from hypersdk.providers.vsphere import _inventory, _snapshots
+from hypersdk.providers.vsphere import _changeid, _inventory, _snapshots
 from hypersdk.providers.vsphere._connection import VsphereConnection
 from hypersdk.providers.vsphere._inventory import VsphereDisk
 from hypersdk.providers.vsphere._live import LIVE
@@ -41,10 +41,6 @@ def _disk_info(d: VsphereDisk) -> DiskInfo:
         cbt_supported=not d.cbt_reason,
         cbt_reason=d.cbt_reason,
     )
-
-
-def _uuid(change_id: str) -> str:
-    return change_id.split("/", 1)[0].strip()
 
 
 class VsphereProvider:
@@ -170,28 +166,8 @@ class VsphereProvider:
             enabled = bool(self._vm.config.changeTrackingEnabled)
             disks = {d.key: d for d in _inventory.disks(self._vm.config)}
         disk = disks.get(disk_key)
-        if disk is None:
-            return ChangeIdCheck(False, f"Disk {disk_key} is no longer part of the VM")
-        if not enabled or not disk.change_id:
-            return ChangeIdCheck(False, f"CBT is off on {disk_key}: a new baseline is needed")
-        if "/" not in change_id:
-            return ChangeIdCheck(False, f"The previous change id of {disk_key} is malformed")
-        if _uuid(change_id) != _uuid(disk.change_id):
-            return ChangeIdCheck(
-                False,
-                f"CBT was reset on {disk_key} (change id uuid differs): "
-                f"{change_id} -> {disk.change_id}",
-            )
-        try:
-            old_seq = int(change_id.rsplit("/", 1)[1])
-            new_seq = int(disk.change_id.rsplit("/", 1)[1])
-        except ValueError:
-            return ChangeIdCheck(True)
-        if old_seq > new_seq:
-            return ChangeIdCheck(
-                False, f"The previous change id of {disk_key} is newer than the disk's"
-            )
-        return ChangeIdCheck(True)
+        current = disk.change_id if disk is not None else None
+        return _changeid.check(disk_key, change_id, current, tracking=enabled)
 
     def estimate_changes(self, since: Mapping[str, str]) -> EstimatedChanges:
         """Exact: a short-lived snapshot (always removed) and QueryChangedDiskAreas

@@ -34,11 +34,11 @@ import httpx
 
 from hypersdk.errors import (
     ChangeIdInvalid,
-    HyperSDKError,
     ProviderError,
 )
 from hypersdk.providers.base import FrozenDisk
-from hypersdk.providers.vsphere import _changed, _inventory, _reader, _snapshots
+from hypersdk.providers.cleanup import CleanupStack
+from hypersdk.providers.vsphere import _changed, _changeid, _inventory, _reader, _snapshots
 from hypersdk.providers.vsphere._connection import VsphereConnection
 from hypersdk.providers.vsphere._inventory import VsphereDisk
 from hypersdk.providers.vsphere._live import LIVE
@@ -74,8 +74,7 @@ class VsphereBackupSession:
         self.messages: list[str] = []
         self.query_calls = 0
         self._snapshot: Any = None
-        self._snapshot_pending = False
-        self._registered = False
+        self._cleanup = CleanupStack()  # the undo step of everything made so far
         self._client: httpx.Client | None = None
         self._disks: list[FrozenDisk] = []
         self._closed = False
@@ -111,8 +110,11 @@ class VsphereBackupSession:
                 if refusal:
                     raise ProviderError(refusal)
             LIVE.register(self.session_id, self.name)  # before it exists: never a leftover
-            self._registered = True
-            self._snapshot_pending = True
+            # Removed, or given up on: what is left is then a leftover of this process,
+            # which the next export of the VM removes.
+            self._cleanup.push(f"forget snapshot {self.name}", lambda: LIVE.unregister(self.name))
+            # Pushed before the create call: an interrupted create may still leave it.
+            self._cleanup.push(f"remove snapshot {self.name}", self._remove_snapshot)
             self._snapshot = _snapshots.create(
                 vm, self.name, self.session_id, quiesce=self._quiesce
             )
@@ -125,9 +127,11 @@ class VsphereBackupSession:
                 raise ProviderError(refusal)
         self._check_since(disks)
         if self._read_data:
-            self._client = _reader.make_client(
+            client = _reader.make_client(
                 self._conn.session_cookie(), ssl_context=self._conn.ssl_context, pool=self._pool
             )
+            self._client = client
+            self._cleanup.push("close the HTTP client", client.close)
         dc_path = _inventory.datacenter_path(vm) if self._read_data else ""
         for disk in disks:
             self._disks.append(self._disk_snapshot(disk, dc_path))
@@ -160,20 +164,14 @@ class VsphereBackupSession:
     def _check_since(self, disks: list[VsphereDisk]) -> None:
         if self._since is None:
             return
-        keys = {d.key for d in disks}
-        for key in self._since:
-            if key not in keys:
-                raise ChangeIdInvalid(f"disk {key} is no longer part of the VM")
-        for d in disks:
-            old = self._since.get(d.key)
-            if not old:
-                raise ChangeIdInvalid(f"disk {d.key} has no previous change id")
-            if not d.change_id:
-                raise ChangeIdInvalid(f"CBT is not active on disk {d.key}")
-            if old.split("/", 1)[0] != d.change_id.split("/", 1)[0]:
-                raise ChangeIdInvalid(
-                    f"CBT was reset on {d.key} (change id uuid differs): {old} -> {d.change_id}"
-                )
+        current = {d.key: d.change_id for d in disks}
+        # every disk of the last export and every disk now: one added or gone breaks it
+        for key in [*self._since, *(k for k in current if k not in self._since)]:
+            verdict = _changeid.check(
+                key, self._since.get(key, ""), current.get(key), tracking=True
+            )
+            if not verdict.valid:
+                raise ChangeIdInvalid(verdict.reason)
 
     def _disk_snapshot(self, disk: VsphereDisk, dc_path: str) -> FrozenDisk:
         changed: list[Any] | None
@@ -212,45 +210,28 @@ class VsphereBackupSession:
         if self._closed:
             return
         self._closed = True
-        errors: list[str] = []
-        interrupted: BaseException | None = None
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception as err:
-                errors.append(f"closing the HTTP client: {err}")
-        try:
-            if self._snapshot_pending:
-                try:
-                    self._remove_snapshot()
-                except HyperSDKError as err:
-                    errors.append(str(err))
-                except BaseException as err:  # Ctrl-C during removal: try once more, then stop
-                    interrupted = err
-                    try:
-                        self._remove_snapshot()
-                    except BaseException as again:
-                        errors.append(f"removing snapshot {self.name}: {again!r}")
-        finally:
-            # Removed, or given up on: what is left is a leftover of this process now,
-            # which the next export of the VM removes.
-            if self._registered:
-                LIVE.unregister(self.name)
-                self._registered = False
-        for e in errors:
-            log.warning("backup cleanup: %s", e)
-        if interrupted is not None:
-            raise interrupted
+        errors = self._cleanup.run()
         if errors and not failed:
             raise ProviderError("backup session cleanup failed: " + "; ".join(errors))
 
     def _remove_snapshot(self) -> None:
+        try:
+            self._remove_snapshot_once()
+        except Exception:
+            raise
+        except BaseException:  # Ctrl-C during removal: try once more, then stop
+            try:
+                self._remove_snapshot_once()
+            except Exception as again:
+                log.warning("removing snapshot %s once more failed: %s", self.name, again)
+            raise
+
+    def _remove_snapshot_once(self) -> None:
         with self._conn.translate(f"removing snapshot {self.name} of VM {self._vm.name}"):
             if self._snapshot is not None:
                 _snapshots.remove(self._snapshot, self.name)
             else:
                 _snapshots.remove_by_name(self._vm, self.name)
-        self._snapshot_pending = False
 
     def __enter__(self) -> VsphereBackupSession:
         return self
