@@ -52,6 +52,10 @@ ARGUMENTS_ONLY = {
     "VmOutputRequest": {"vm_path", "output"},  # getCBTStatus / analyze (vmPath, output?)
 }
 
+# Enumerations the daemon names as schema components: types.ts has a type alias of the same
+# name with the same literals; fields that use them are compared by their literals.
+ENUMS = {"JobKind", "JobState"}
+
 Atom = str | tuple[str, Any]
 
 
@@ -130,11 +134,32 @@ def schemas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     state = tmp_path_factory.mktemp("openapi") / "state"
     app = create_app(DaemonConfig(state_dir=state), token="t" * 32)
     doc: dict[str, Any] = app.openapi()
-    return doc["components"]["schemas"]
+    schemas: dict[str, Any] = doc["components"]["schemas"]
+    return {name: _inline_enums(schema, schemas) for name, schema in schemas.items()}
+
+
+def _inline_enums(node: Any, schemas: dict[str, Any]) -> Any:
+    """Replace each ``$ref`` to an enumeration component by the enumeration itself."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        target = ref.rsplit("/", 1)[-1]
+        if ref and "enum" in schemas.get(target, {}):
+            return schemas[target]
+        return {k: _inline_enums(v, schemas) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_enums(v, schemas) for v in node]
+    return node
+
+
+def test_enumerations_match_the_aliases(schemas: dict[str, Any]) -> None:
+    _, aliases = _parse_ts()
+    for name in ENUMS:
+        literals = _ts_atoms(aliases[name], aliases)
+        assert literals == {("literal", v) for v in schemas[name]["enum"]}, name
 
 
 def test_every_schema_is_modelled_or_pinned(schemas: dict[str, Any]) -> None:
-    known = set(RESPONSES) | set(REQUESTS) | set(ARGUMENTS_ONLY)
+    known = set(RESPONSES) | set(REQUESTS) | set(ARGUMENTS_ONLY) | ENUMS
     assert set(schemas) - known == set(), "a new daemon schema: model it in types.ts"
     assert known - set(schemas) == set(), "a daemon schema is gone: update types.ts"
     for name, fields in ARGUMENTS_ONLY.items():
