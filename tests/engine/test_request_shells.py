@@ -62,7 +62,10 @@ def test_cli_and_daemon_refuse_a_level_without_zstd(hvd: Hypervisord, tmp_path: 
     proc = hyperexport("--vm", f"qcow2:{tmp_path / 'vm.qcow2'}", "--output", "repo",
                        "--compress", "lz4:3", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr == "hyperexport: error: --compress applies to zstd only, not to lz4\n"
+    assert (
+        proc.stderr
+        == "hyperexport: error: --compress 'lz4:3': the level applies to zstd only, not to lz4\n"
+    )
     status, message = post_export(hvd, compression="lz4", compression_level=3)
     assert (status, message) == (422, "compression_level applies to zstd only, not to lz4")
 

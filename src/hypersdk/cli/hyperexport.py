@@ -220,6 +220,10 @@ def export_request(args: argparse.Namespace) -> ExportRequest:
             max_incremental_age_days=args.max_incremental_age,
         )
     except InvalidField as err:
+        if err.field.startswith("compression"):
+            # One flag sets two fields: quote what was typed, then which part is wrong.
+            part = "the level" if err.field == "compression_level" else "the method"
+            raise UsageError(f"--compress {args.compress!r}: {part} {err.detail}") from err
         raise UsageError(f"{FLAGS.get(err.field, err.field)} {err.detail}") from err
 
 
