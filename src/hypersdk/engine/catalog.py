@@ -122,13 +122,13 @@ def prepare_restore(
 ) -> RestorePlan:
     """Resolve the VM, the generation and the disk, and check the target, so that a
     mistake is reported before a job starts or a file is created."""
-    manifest = repo.generation(resolve_vm(repo, vm), generation)
-    key = pick_disk(manifest, disk)
     target = Path(to)
     if target.exists() and not force:
         raise UsageError(f"{target} exists; overwriting it needs force")
     if not target.parent.is_dir():
         raise UsageError(f"folder {target.parent} does not exist")
+    manifest = repo.generation(resolve_vm(repo, vm), generation)
+    key = pick_disk(manifest, disk)
     capacity = next(d.capacity_bytes for d in manifest.disks if d.key == key)
     return RestorePlan(manifest, key, capacity, target)
 
