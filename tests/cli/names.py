@@ -72,7 +72,7 @@ def check_unknown(capsys: pytest.CaptureFixture[str], repo: Path, name: str) -> 
     (never an empty list)."""
     commands = [
         ["generations"],
-        ["restore", "--to", "/nonexistent-folder/x.raw"],
+        ["restore", "--to", str(repo.parent / "unknown-vm.raw")],
         ["verify"],
         ["delete", "--generation", "latest"],
     ]

@@ -10,7 +10,7 @@ import pytest
 
 from hypersdk.lab import VcsimLab
 from tests.cli.names import check_every_command, check_unknown
-from tests.vsphere.conftest import MiB, Cli, flat
+from tests.vsphere.conftest import Cli, MiB, flat
 
 
 def test_inventory_path_id_and_name(

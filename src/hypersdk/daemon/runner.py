@@ -307,7 +307,7 @@ def prepare_restore(
     """``vm`` is any name of the VM (catalog.resolve_vm); the job gets its id."""
     if not Path(to).is_absolute():
         raise UsageError(f"'to' must be an absolute path, not {to!r}")
-    plan = catalog.prepare_restore(Repository.open(output), vm, generation, disk, to, force=force)
+    plan = catalog.prepare_restore(output, vm, generation, disk, to, force=force)
     return RestoreSpec(
         output, plan.vm_id, plan.manifest.id, plan.disk, str(plan.target), fmt, force, plan.capacity
     )

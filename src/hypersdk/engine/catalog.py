@@ -17,6 +17,7 @@ a NotFoundError naming what the user typed (exit 2, 404), never an empty list.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class VmEntry:
 class RestorePlan:
     """What a restore needs, checked before any byte is written."""
 
+    repo: Repository
     manifest: Manifest
     disk: str
     capacity: int
@@ -112,25 +114,26 @@ def list_generations(repo: Repository, vm: str | None = None) -> list[Manifest]:
 
 
 def prepare_restore(
-    repo: Repository,
+    output: str | os.PathLike[str],
     vm: str,
     generation: str,
     disk: str | None,
-    to: str | Path,
+    to: str | os.PathLike[str],
     *,
     force: bool,
 ) -> RestorePlan:
-    """Resolve the VM, the generation and the disk, and check the target, so that a
-    mistake is reported before a job starts or a file is created."""
+    """Check the target, then open the repository and resolve the VM, the generation and
+    the disk, so that a mistake is reported before a job starts or a file is created."""
     target = Path(to)
     if target.exists() and not force:
         raise UsageError(f"{target} exists; overwriting it needs force")
     if not target.parent.is_dir():
         raise UsageError(f"folder {target.parent} does not exist")
+    repo = Repository.open(output)
     manifest = repo.generation(resolve_vm(repo, vm), generation)
     key = pick_disk(manifest, disk)
     capacity = next(d.capacity_bytes for d in manifest.disks if d.key == key)
-    return RestorePlan(manifest, key, capacity, target)
+    return RestorePlan(repo, manifest, key, capacity, target)
 
 
 def select_for_verify(

@@ -35,6 +35,8 @@ def canonical_locator(locator: str) -> str:
         path = rest.partition("?")[0]
         if not path:
             raise UsageError(f"bad QEMU locator {locator!r}: no path after {scheme}:")
+        if path.startswith("//"):  # qemu:///path, as the provider reads it
+            path = "/" + path.lstrip("/")
         return f"{scheme}:{posixpath.normpath(os.path.abspath(path))}"
     path = text.strip("/")
     if not path:

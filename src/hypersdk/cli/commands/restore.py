@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
 from hypersdk.engine.catalog import prepare_restore
-from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import FORMATS, restore_disk
 
 
@@ -55,12 +54,13 @@ def run(args: argparse.Namespace) -> int:
         args.json,
         args.quiet,
     )
-    repo = Repository.open(opts.output)
-    plan = prepare_restore(repo, opts.vm, opts.generation, opts.disk, opts.to, force=opts.force)
+    plan = prepare_restore(
+        opts.output, opts.vm, opts.generation, opts.disk, opts.to, force=opts.force
+    )
     quiet = opts.quiet or opts.json
     with progress_bar(f"restore {plan.disk}", plan.capacity, enabled=not quiet) as tick:
         result = restore_disk(
-            repo,
+            plan.repo,
             plan.manifest,
             plan.disk,
             plan.target,
