@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from hypersdk import Conflict, HyperSDK, NotFound
+from hypersdk.lab import VcsimLab
 from tests.daemon.live import Hypervisord, wait_job, wait_running
 from tests.rigs.qsd import MiB, QemuStorageDaemon, create_qcow2
+from tests.vsphere.conftest import flat, lab, lab_binary  # noqa: F401  (fixtures)
 
 
 def qemu_io(image: Path, command: str) -> None:
@@ -99,3 +103,36 @@ def test_two_spellings_of_one_vm_conflict(
     assert http.delete(f"/exports/{first}").json()["state"] == "cancelled"
     # once it is gone the other spelling exports the same VM
     assert export(http, other)["mode"] == "full"
+
+
+def test_vsphere_names_through_the_daemon_and_sdk(lab: VcsimLab, tmp_path: Path) -> None:  # noqa: F811
+    """Exported by ``DC0/vm/small`` (no slash); listed, restored and verified by the path
+    with its slash, the id and the name; two spellings of one running export conflict."""
+    env = lab.settings().govc_env()
+    with Hypervisord(tmp_path / "hvd", output=tmp_path / "repo", allow=(tmp_path,), env=env) as hvd:
+        sdk = HyperSDK(hvd.base_url, token=hvd.token)
+        sdk.enable_cbt("/DC0/vm/small")
+        done = sdk.wait_for_export(sdk.export_vm("DC0/vm/small")["id"], timeout=60)
+        assert done["state"] == "succeeded", done
+        vm_id = done["result"]["vm"]
+        for name in ("/DC0/vm/small", "DC0/vm/small/", vm_id, "small"):
+            gens = sdk.list_generations(vm=name)
+            assert [g["vm"] for g in gens] == [vm_id] and gens[0]["locator"] == "/DC0/vm/small"
+            out = tmp_path / "small.raw"
+            job = sdk.restore(vm=name, to=str(out), force=True)
+            assert sdk.wait_for_export(job["id"], timeout=60, poll_interval=0.05)["state"] == (
+                "succeeded"
+            )
+            assert out.read_bytes() == flat(lab, "/DC0/vm/small"), name
+            job = sdk.verify(vm=name)
+            assert sdk.wait_for_export(job["id"], timeout=60, poll_interval=0.05)["result"]["ok"]
+        with pytest.raises(NotFound) as nf:
+            sdk.list_generations(vm="/DC0/vm/web")  # in the lab, not in the repository
+        assert "'/DC0/vm/web'" in nf.value.message
+
+        running = sdk.export_vm("/DC0/vm/small", incremental=True)  # logs in, snapshots: slow
+        with pytest.raises(Conflict) as conflict:
+            sdk.export_vm("DC0/vm/small")
+        assert running["id"] in conflict.value.message
+        assert sdk.wait_for_export(running["id"], timeout=60)["state"] == "succeeded"
+        sdk.close()
