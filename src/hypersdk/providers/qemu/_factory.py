@@ -49,9 +49,7 @@ def check_exists(locator: str) -> tuple[str, str, dict[str, str]]:
     what = "qcow2 image" if scheme == "qcow2" else "QMP socket"
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise NotFoundError(f"{what} {path} does not exist") from None
-    except NotADirectoryError:
+    except (FileNotFoundError, NotADirectoryError):
         raise NotFoundError(f"{what} {path} does not exist") from None
     except OSError as err:
         raise UsageError(f"{what} {path}: {err.strerror}") from err
