@@ -108,7 +108,8 @@ def main() -> int:
         ok = True
         for gen in (full, inc):
             out = work / f"{gen['generation']}.raw"
-            demo.run("hyperctl", "restore", "--output", str(demo.repo), "--vm", gen["vm"],
+            # The VM is named by the path it was exported from, as a user would.
+            demo.run("hyperctl", "restore", "--output", str(demo.repo), "--vm", VM,
                      "--generation", gen["generation"], "--to", str(out), "--quiet")  # fmt: skip
             got = sha256_file(out)
             match = got == sums[gen["generation"]]
@@ -118,7 +119,8 @@ def main() -> int:
                 + ("[green]matches the lab's disk file[/]" if match else "[red]DIFFERS[/]")
             )
             out.unlink()
-        demo.run("hyperctl", "verify", "--output", str(demo.repo), show=True)
+        demo.run("hyperctl", "generations", "--output", str(demo.repo), "--vm", VM, show=True)
+        demo.run("hyperctl", "verify", "--output", str(demo.repo), "--vm", VM, show=True)
         table(size, full, inc)
         return 0 if ok else 1
     finally:

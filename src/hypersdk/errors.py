@@ -3,12 +3,14 @@
 Every error a user can cause or meet is one of these; the CLI prints ``str(err)`` as one
 line and exits with ``err.exit_code``, the daemon answers ``{"error": {"code", "message"}}``
 with ``err.http_status``. Vendor exceptions (pyVmomi, QMP, OSError from sockets) are
-translated into these at the boundary, chained with ``from``.
+translated into these at the boundary, chained with ``from``. docs/errors.md is the
+table users read; a test checks that it matches these classes.
 
     HyperSDKError                      exit 1, HTTP 500
     ├── UsageError                     exit 2, HTTP 422  bad flag or field value
     │   └── ForbiddenPath                       HTTP 403  a path outside the allowed folders
-    ├── NotFoundError                  exit 2, HTTP 404  unknown VM, disk, generation, job
+    ├── NotFoundError                  exit 2, HTTP 404  no such VM, image, socket, repository,
+    │                                                    generation, disk or job
     ├── ConflictError                  exit 1, HTTP 409  something else holds the resource
     │   └── LockedError                                  another writer holds the VM's lock
     ├── RepositoryError                exit 1, HTTP 500  the repository cannot be used

@@ -103,7 +103,7 @@ def test_restore_needs_disk_when_several(repo: Repository, tmp_path: Path) -> No
     "args, code, words",
     [
         (["generations", "--output", "/nonexistent/repo"], 2, "not a HyperSDK repository"),
-        (["restore", "--output", "{repo}", "--vm", "nope", "--to", "{tmp}/x"], 2, "no generations"),
+        (["restore", "--output", "{repo}", "--vm", "nope", "--to", "{tmp}/x"], 2, "no VM 'nope'"),
         (
             [
                 "restore",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,16 @@ def test_typed_errors(hvd: Hypervisord, tmp_path: Path) -> None:
         with pytest.raises(InvalidRequestError) as inv:
             client.export_vm("qemu:/x", parallel=0)
         assert inv.value.status == 422 and inv.value.code == "invalid_argument"
-        with pytest.raises(ProviderError) as pf:
+        with pytest.raises(NotFoundError) as gone:
             client.get_cbt_status(f"qemu:{tmp_path / 'none.sock'}")
+        assert gone.value.code == "not_found" and "none.sock" in gone.value.message
+        dead = tmp_path / "dead.sock"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(dead))  # the file stays, nobody listens
+        with pytest.raises(ProviderError) as pf:
+            client.get_cbt_status(f"qemu:{dead}")
         assert pf.value.code == "connection_failed"
-        failing = client.export_vm(f"qemu:{tmp_path / 'none.sock'}")
+        failing = client.export_vm(f"qemu:{dead}")
         final = client.wait_for_export(failing["id"], timeout=30)
         assert final["state"] == "failed"
         with pytest.raises(ConflictError) as conflict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -104,13 +105,18 @@ def test_errors(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: Path) -> Non
     existing.write_bytes(b"")
     err(http.post("/restores", json={"vm": "v", "to": str(existing)}), 422, "invalid_argument")
     err(http.post("/verifications", json={"generation": "latest"}), 422, "invalid_argument")
-    # 405 and 502
+    # 405, 404 for a socket that does not exist, 502 for one nobody answers on
     err(http.put("/exports"), 405, "method_not_allowed")
     gone = f"qemu:{tmp_path / 'no-such.sock'}"
-    err(http.post("/cbt/status", json={"vm_path": gone}), 502, "connection_failed")
+    err(http.post("/cbt/status", json={"vm_path": gone}), 404, "not_found")
+    err(http.post("/exports", json={"vm_path": gone}), 404, "not_found")
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(dead))  # the file stays, nobody listens
+    err(http.post("/cbt/status", json={"vm_path": f"qemu:{dead}"}), 502, "connection_failed")
     err(http.post("/cbt/enable", json={"vm_path": "/dc/vm/x"}), 422, "invalid_argument")
     # a failing export job: the error is in the job, not the POST
-    r = http.post("/exports", json={"vm_path": gone})
+    r = http.post("/exports", json={"vm_path": f"qemu:{dead}"})
     assert r.status_code == 202
     from tests.daemon.live import wait_job
 

@@ -96,8 +96,8 @@ def _interrupt(cli: Cli, qsd: QemuStorageDaemon) -> None:
 @pytest.mark.parametrize(
     "vm, output, code, words",
     [
-        ("qemu:{tmp}/nothing.sock", "{tmp}/repo", 1, "nothing.sock"),
-        ("qcow2:{tmp}/missing.qcow2", "{tmp}/repo", 1, "missing.qcow2"),
+        ("qemu:{tmp}/nothing.sock", "{tmp}/repo", 2, "nothing.sock"),  # not found
+        ("qcow2:{tmp}/missing.qcow2", "{tmp}/repo", 2, "missing.qcow2"),
         ("vmware-or-what", "{tmp}/repo", 2, "cannot tell the platform"),
         ("qemu:{qmp}", None, 2, "needs --output"),
         ("qemu:{qmp}", "{tmp}/not-empty", 2, "not empty and is not a repository"),

@@ -1,4 +1,5 @@
-"""Locators: bad ones are usage errors, unreachable ones connection failures."""
+"""Locators: bad ones are usage errors, missing files not found, unreachable ones
+connection failures."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hypersdk.errors import ConnectionFailed, UsageError
+from hypersdk.errors import ConnectionFailed, NotFoundError, UsageError
 from hypersdk.providers.qemu import open_qemu_provider
 
 
@@ -19,7 +20,7 @@ def test_bad_locator(locator: str) -> None:
 
 
 def test_missing_socket(tmp_path: Path) -> None:
-    with pytest.raises(ConnectionFailed) as info:
+    with pytest.raises(NotFoundError) as info:
         open_qemu_provider(f"qemu:{tmp_path / 'nothing.sock'}")
     assert "\n" not in str(info.value)
 
@@ -27,7 +28,7 @@ def test_missing_socket(tmp_path: Path) -> None:
 def test_not_a_socket(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("x")
-    with pytest.raises(ConnectionFailed):
+    with pytest.raises(UsageError):
         open_qemu_provider(f"qemu:{path}")
 
 
@@ -44,5 +45,5 @@ def test_dead_socket(tmp_path: Path) -> None:
 
 
 def test_missing_image(tmp_path: Path) -> None:
-    with pytest.raises(ConnectionFailed):
+    with pytest.raises(NotFoundError):
         open_qemu_provider(f"qcow2:{tmp_path / 'none.qcow2'}")

@@ -216,6 +216,8 @@ export interface Generation {
   vm: string;
   vm_name: string;
   platform: string;
+  /** The VM as hyperexport was pointed at it (canonical form); null for older exports. */
+  locator?: string | null;
   type: ExportMode;
   reason: string;
   /** The generation this one builds on; null for a full one. */
@@ -276,7 +278,7 @@ export interface ListExportsFilters {
 
 /** `restore` options (`POST /restores`). */
 export interface RestoreOptions {
-  /** VM id in the repository. */
+  /** The VM: its id in the repository, the locator it was exported with, or its name. */
   vm: string;
   /** File to write. */
   to: string;

@@ -45,6 +45,17 @@ def _name(default: Any = ..., description: str | None = None) -> Any:
     )
 
 
+def _vm_name(default: Any) -> Any:
+    # As long as a locator: a VM is named by its locator, its id or its name.
+    return Field(
+        default=default,
+        min_length=1,
+        max_length=4096,
+        pattern=NO_NUL,
+        description="the VM: the locator it was exported from, its id or its name",
+    )
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -164,7 +175,7 @@ class ExportCreate(_Request):
 
 class RestoreCreate(_Request):
     output: str | None = _output()
-    vm: str = _name(description="VM id (as in the generations list)")
+    vm: str = _vm_name(...)
     generation: str = _name("latest", "generation id or 'latest'")
     disk: str | None = _name(None, "disk key (may be left out when the VM has one disk)")
     to: str = Field(
@@ -176,7 +187,7 @@ class RestoreCreate(_Request):
 
 class VerifyCreate(_Request):
     output: str | None = _output()
-    vm: str | None = _name(None, "only this VM")
+    vm: str | None = _vm_name(None)
     generation: str | None = _name(None, "generation id or 'latest' (needs vm)")
 
 
@@ -219,6 +230,9 @@ class Generation(BaseModel):
     vm: str
     vm_name: str
     platform: str
+    locator: str | None = Field(
+        default=None, description="the locator the VM was exported from (canonical)"
+    )
     type: str
     reason: str
     parent: str | None

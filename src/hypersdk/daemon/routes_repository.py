@@ -16,6 +16,7 @@ from hypersdk.daemon.models import (
 from hypersdk.daemon.responses import ERRORS
 from hypersdk.daemon.runner import prepare_restore, prepare_verify
 from hypersdk.daemon.state import Daemon, daemon
+from hypersdk.engine import catalog
 from hypersdk.repository.repository import Repository
 
 router = APIRouter(tags=["repository"], responses=ERRORS)
@@ -28,11 +29,17 @@ def list_generations(
     output: Annotated[
         str | None, Query(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")
     ] = None,
-    vm: Annotated[str | None, Query(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")] = None,
+    vm: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=4096,
+            pattern=r"^[^\x00]+$",
+            description="only this VM: its locator, id or name (404 when not held)",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    repo = Repository.open(d.output(output))
-    vms = [vm] if vm else repo.vm_ids()
-    gens = sorted((m for v in vms for m in repo.generations(v)), key=lambda m: (m.created, m.id))
+    gens = catalog.list_generations(Repository.open(d.output(output)), vm)
     return {"generations": [m.summary() for m in gens]}
 
 

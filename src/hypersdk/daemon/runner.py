@@ -1,7 +1,8 @@
 """Worker threads that run jobs: exports, restores and verifications.
 
 At most ``max_concurrent_exports`` jobs run at once; the rest wait ``queued``. Only one
-export per ``vm_path`` may be queued or running (a second one is a ConflictError).
+export per VM may be queued or running (a second one is a ConflictError); the VM is
+known by ``export_key``, so two spellings of one locator are one VM.
 Every job has a cancel Event that the engine checks between blocks; a cancelled export
 raises ExportCancelled inside the engine, which tears the backup session down and
 commits nothing.
@@ -20,11 +21,12 @@ from typing import Any
 
 from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.jobs import RESTARTED, Job, JobKind, JobState, JobStore, now_iso
+from hypersdk.engine import catalog
 from hypersdk.engine.export import ExportHooks, ExportRequest, run_export
 from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, UsageError
-from hypersdk.providers.factory import open_provider
+from hypersdk.providers.factory import check_exists, export_key, open_provider
 from hypersdk.repository.repository import Repository
-from hypersdk.repository.restore import pick_disk, restore_disk
+from hypersdk.repository.restore import restore_disk
 from hypersdk.repository.verify import select_with_damage, verify
 from hypersdk.state.history import History
 
@@ -116,18 +118,20 @@ class Runner:
         self._lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
         self._done: dict[str, threading.Event] = {}
-        self._exporting: dict[str, str] = {}  # vm_path -> job id
+        self._exporting: dict[str, str] = {}  # export_key(vm_path) -> job id
         self._stopping = False
 
     # -- submitting ------------------------------------------------------------------
 
     def submit_export(self, spec: ExportSpec) -> Job:
+        check_exists(spec.vm_path)  # a missing image or socket: 404 now, not a failed job
+        key = export_key(spec.vm_path)  # two spellings of one VM are one VM
         with self._lock:
-            other = self._exporting.get(spec.vm_path)
+            other = self._exporting.get(key)
             if other is not None:
                 raise ConflictError(f"an export of {spec.vm_path} is already running ({other})")
             job = self.store.add(Job.new(JobKind.EXPORT, spec.vm_path, spec.output))
-            self._exporting[spec.vm_path] = job.id
+            self._exporting[key] = job.id
             self._start(job.id, lambda ctx: self._run_export(ctx, spec))
         return job
 
@@ -277,23 +281,17 @@ def prepare_restore(
     fmt: str,
     force: bool,
 ) -> RestoreSpec:
-    target = Path(to)
-    if not target.is_absolute():
+    """``vm`` is any name of the VM (catalog.resolve_vm); the job gets its id."""
+    if not Path(to).is_absolute():
         raise UsageError(f"'to' must be an absolute path, not {to!r}")
-    if target.exists() and not force:
-        raise UsageError(f"{target} exists; set force to overwrite it")
-    if not target.parent.is_dir():
-        raise UsageError(f"folder {target.parent} does not exist")
-    repo = Repository.open(output)
-    manifest = repo.generation(vm, generation)
-    key = pick_disk(manifest, disk)
-    capacity = next(d.capacity_bytes for d in manifest.disks if d.key == key)
-    return RestoreSpec(output, vm, manifest.id, key, str(target), fmt, force, capacity)
+    plan = catalog.prepare_restore(output, vm, generation, disk, to, force=force)
+    return RestoreSpec(
+        output, plan.vm_id, plan.manifest.id, plan.disk, str(plan.target), fmt, force, plan.capacity
+    )
 
 
 def prepare_verify(output: str, vm: str | None, generation: str | None) -> VerifySpec:
     if generation is not None and vm is None:
         raise UsageError("generation needs vm")
-    repo = Repository.open(output)
-    select_with_damage(repo, vm, generation)
-    return VerifySpec(output, vm, generation)
+    vm_id, _, _ = catalog.select_for_verify(Repository.open(output), vm, generation)
+    return VerifySpec(output, vm_id, generation)

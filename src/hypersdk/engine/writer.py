@@ -28,6 +28,7 @@ from hypersdk.engine.plan import READ, ZERO, plan_blocks
 from hypersdk.engine.request import DEFAULT_PARALLEL, ExportHooks
 from hypersdk.errors import ExportCancelled, RepositoryError
 from hypersdk.providers.base import FrozenDisk, VmIdentity
+from hypersdk.providers.factory import canonical_locator
 from hypersdk.repository.chunkstore import ChunkBatch
 from hypersdk.repository.envelope import chunk_id
 from hypersdk.repository.index import DiskIndex
@@ -183,6 +184,7 @@ class GenerationWriter:
             vm_id=self.vm.vm_id,
             vm_name=self.vm.name,
             platform=self.vm.platform,
+            locator=canonical_locator(self.vm.locator) if self.vm.locator else "",
             repository_id=repo.config.id,
             parent=parent.id if parent is not None else None,
             type="incremental" if parent is not None else "full",

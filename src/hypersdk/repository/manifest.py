@@ -2,7 +2,10 @@
 
 Version 2 carries ``checksum``: ``sha256:`` and the SHA-256 of the document's canonical
 JSON without that field (``canonical``), so a flipped digit is found. Version 1 (no
-checksum) is still read. ``decode`` checks the shape and the type of every field and
+checksum) is still read. ``vm.locator`` (what the VM was exported from, in its canonical
+spelling) is optional: manifests written before it existed are read without it, and a
+manifest without it encodes without the key, so its checksum stays what it was.
+``decode`` checks the shape and the type of every field and
 turns any problem into one ``IntegrityError``: a manifest is data from disk, never trusted.
 """
 
@@ -78,6 +81,7 @@ class Manifest:
     tool_version: str
     disks: list[DiskRecord]
     stats: dict[str, float] = field(default_factory=dict)
+    locator: str = ""  # canonical locator the VM was exported from; "" when unknown
 
     def disk(self, key: str) -> DiskRecord | None:
         return next((d for d in self.disks if d.key == key), None)
@@ -94,6 +98,7 @@ class Manifest:
             "vm": self.vm_id,
             "vm_name": self.vm_name,
             "platform": self.platform,
+            "locator": self.locator or None,
             "type": self.type,
             "reason": self.reason,
             "parent": self.parent,
@@ -112,6 +117,9 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         vm = {"id": doc.pop("vm_id"), "name": doc.pop("vm_name"), "platform": doc.pop("platform")}
+        locator = doc.pop("locator")
+        if locator:
+            vm["locator"] = locator
         out = {"format": FORMAT, "version": VERSION, "vm": vm, **doc}
         out["checksum"] = checksum(out)
         return out
@@ -156,6 +164,7 @@ class Manifest:
                 tool_version=_field(doc, "tool_version", str),
                 disks=disks,
                 stats=stats,
+                locator=_field(vm, "locator", str, ""),
             )
         except ValueError as exc:
             raise IntegrityError(f"{where}: malformed manifest ({exc})") from None

@@ -6,13 +6,14 @@ import argparse
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json
+from hypersdk.engine.catalog import delete_generation
 from hypersdk.repository.repository import Repository
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("delete", help="delete a generation; other generations stay whole")
     p.add_argument("--output", required=True, help="the repository folder")
-    p.add_argument("--vm", required=True)
+    p.add_argument("--vm", required=True, help="the VM: its locator, id or name")
     p.add_argument("--generation", required=True, help="generation id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
-    m = Repository.open(args.output).delete_generation(args.vm, args.generation)
+    m = delete_generation(Repository.open(args.output), args.vm, args.generation)
     if args.json:
         print_json({"deleted": m.id, "vm": m.vm_id})
     else:

@@ -9,22 +9,21 @@ from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json
+from hypersdk.engine.catalog import list_generations
 from hypersdk.repository.repository import Repository
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generations", help="list the generations in a repository")
     p.add_argument("--output", required=True, help="the repository folder")
-    p.add_argument("--vm", help="only this VM")
+    p.add_argument("--vm", help="only this VM: its locator, id or name")
     p.add_argument("--json", action="store_true", help="print a JSON list, oldest first")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
-    repo = Repository.open(args.output)
-    vms = [args.vm] if args.vm else repo.vm_ids()
-    gens = sorted((m for vm in vms for m in repo.generations(vm)), key=lambda m: (m.created, m.id))
+    gens = list_generations(Repository.open(args.output), args.vm)
     if args.json:
         print_json([m.summary() for m in gens])
         return 0

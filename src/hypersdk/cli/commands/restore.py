@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
-from hypersdk.repository.repository import Repository
-from hypersdk.repository.restore import FORMATS, pick_disk, restore_disk
+from hypersdk.engine.catalog import prepare_restore
+from hypersdk.repository.restore import FORMATS, restore_disk
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class RestoreOptions:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("restore", help="restore a disk of a generation to a file")
     p.add_argument("--output", required=True, help="the repository folder")
-    p.add_argument("--vm", required=True)
+    p.add_argument("--vm", required=True, help="the VM: its locator, id or name")
     p.add_argument("--generation", default="latest", help="generation id or 'latest'")
     p.add_argument("--disk", help="disk key (may be left out when the VM has one disk)")
     p.add_argument("--to", required=True, help="file to write")
@@ -54,16 +54,16 @@ def run(args: argparse.Namespace) -> int:
         args.json,
         args.quiet,
     )
-    repo = Repository.open(opts.output)
-    manifest = repo.generation(opts.vm, opts.generation)
-    disk = pick_disk(manifest, opts.disk)
-    capacity = next(d.capacity_bytes for d in manifest.disks if d.key == disk)
-    with progress_bar(f"restore {disk}", capacity, enabled=not (opts.quiet or opts.json)) as tick:
+    plan = prepare_restore(
+        opts.output, opts.vm, opts.generation, opts.disk, opts.to, force=opts.force
+    )
+    quiet = opts.quiet or opts.json
+    with progress_bar(f"restore {plan.disk}", plan.capacity, enabled=not quiet) as tick:
         result = restore_disk(
-            repo,
-            manifest,
-            disk,
-            opts.to,
+            plan.repo,
+            plan.manifest,
+            plan.disk,
+            plan.target,
             fmt=opts.format,
             force=opts.force,
             parallel=opts.parallel,

@@ -7,15 +7,16 @@ from dataclasses import asdict
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json
+from hypersdk.engine.catalog import select_for_verify
 from hypersdk.errors import UsageError
 from hypersdk.repository.repository import Repository
-from hypersdk.repository.verify import select_with_damage, verify
+from hypersdk.repository.verify import verify
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check that generations restore byte for byte")
     p.add_argument("--output", required=True, help="the repository folder")
-    p.add_argument("--vm")
+    p.add_argument("--vm", help="only this VM: its locator, id or name")
     p.add_argument("--generation", help="generation id or 'latest' (needs --vm)")
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--json", action="store_true")
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.generation and not args.vm:
         raise UsageError("--generation needs --vm")
     repo = Repository.open(args.output)
-    manifests, damaged = select_with_damage(repo, args.vm, args.generation)
+    _, manifests, damaged = select_for_verify(repo, args.vm, args.generation)
     report = verify(repo, manifests, parallel=args.parallel, damaged=damaged)
     if args.json:
         print_json({"ok": report.ok, **asdict(report)})

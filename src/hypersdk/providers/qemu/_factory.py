@@ -14,7 +14,7 @@ import os
 import stat
 from urllib.parse import parse_qs
 
-from hypersdk.errors import ConnectionFailed, UsageError
+from hypersdk.errors import NotFoundError, UsageError
 from hypersdk.providers.qemu._provider import Qcow2Provider, QmpProvider
 from hypersdk.providers.qemu._qmp import QmpConnection
 
@@ -41,18 +41,30 @@ def _split(locator: str) -> tuple[str, str, dict[str, str]]:
     return scheme, path, options
 
 
-def open_qemu_provider(locator: str) -> QmpProvider | Qcow2Provider:
-    """Open the provider a ``qemu:`` or ``qcow2:`` locator names."""
+def check_exists(locator: str) -> tuple[str, str, dict[str, str]]:
+    """Parse a locator and check that its image or QMP socket exists: NotFoundError when
+    it does not (what the user typed names nothing), UsageError when it is the wrong kind
+    of file. Returns the parsed locator."""
     scheme, path, options = _split(locator)
-    if scheme == "qcow2":
-        if not os.path.isfile(path):
-            raise ConnectionFailed(f"qcow2 image {path} does not exist")
-        return Qcow2Provider(locator, path)
+    what = "qcow2 image" if scheme == "qcow2" else "QMP socket"
     try:
         mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFoundError(f"{what} {path} does not exist") from None
     except OSError as err:
-        raise ConnectionFailed(f"QMP socket {path}: {err.strerror}") from err
-    if not stat.S_ISSOCK(mode):
-        raise ConnectionFailed(f"QMP socket {path} is not a unix socket")
+        raise UsageError(f"{what} {path}: {err.strerror}") from err
+    if scheme == "qcow2" and not stat.S_ISREG(mode):
+        raise UsageError(f"qcow2 image {path} is not a file")
+    if scheme == "qemu" and not stat.S_ISSOCK(mode):
+        raise UsageError(f"QMP socket {path} is not a unix socket")
+    return scheme, path, options
+
+
+def open_qemu_provider(locator: str) -> QmpProvider | Qcow2Provider:
+    """Open the provider a ``qemu:`` or ``qcow2:`` locator names."""
+    scheme, path, options = check_exists(locator)
+    if scheme == "qcow2":
+        return Qcow2Provider(locator, path)
     nbd = options.get("nbd") or None
+    # A socket file nobody listens on is a ConnectionFailed (the VM is not running).
     return QmpProvider(locator, QmpConnection.connect(path), nbd)

@@ -73,6 +73,12 @@ def _require(disks: list[QemuDisk], since: Mapping[str, str]) -> list[tuple[Qemu
     return out
 
 
+def qcow2_vm_id(path: str) -> str:
+    """The VM id of an offline image: its real path, hashed (so it can be computed from
+    the locator alone, without opening the image)."""
+    return "qcow2-" + hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
+
+
 class QmpProvider:
     """A running QEMU or qemu-storage-daemon, reached through its QMP socket."""
 
@@ -189,7 +195,7 @@ class Qcow2Provider:
         )
 
     def identity(self) -> VmIdentity:
-        vm_id = "qcow2-" + hashlib.sha256(os.path.realpath(self._path).encode()).hexdigest()[:16]
+        vm_id = qcow2_vm_id(self._path)
         return VmIdentity(vm_id=vm_id, name=self._key, platform="qemu", locator=self._locator)
 
     def cbt_status(self) -> CbtStatus:
