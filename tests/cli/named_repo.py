@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hypersdk.engine.writer import ExportOptions, GenerationWriter
+from hypersdk.engine.writer import GenerationWriter
 from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.manifest import Manifest
@@ -19,7 +19,7 @@ def export_as(repo: Repository, vm: VmIdentity, image: Path) -> Manifest:
     try:
         disk = FrozenDisk("disk-0", os.path.getsize(image), "c-0", None, reader)
         with GenerationWriter(repo, vm) as w:
-            return w.write([disk], parent=None, reason="test", options=ExportOptions()).manifest
+            return w.write([disk], parent=None, reason="test").manifest
     finally:
         reader.close()
 
