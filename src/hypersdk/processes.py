@@ -69,6 +69,7 @@ def _wait_gone(pid: int, timeout: float, alive: Callable[[int], bool]) -> bool:
     while True:
         _reap(pid)
         if not alive(pid):
+            _reap(pid)  # it may have exited between the two calls: no zombie left behind
             return True
         if time.monotonic() >= deadline:
             return False
