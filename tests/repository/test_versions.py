@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,17 +20,9 @@ from hypersdk.repository.manifest import checksum
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
 from tests.chain import BS, export
+from tests.repository.test_damage import hyperctl
 
 NEWER = 9
-
-
-def hyperctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hypersdk.cli.hyperctl", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 class Made:
