@@ -69,11 +69,22 @@ def _wait_gone(pid: int, timeout: float, alive: Callable[[int], bool]) -> bool:
     while True:
         _reap(pid)
         if not alive(pid):
-            _reap(pid)  # it may have exited between the two calls: no zombie left behind
+            _settle(pid)
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(_POLL)
+
+
+def _settle(pid: int, timeout: float = 1.0) -> None:
+    """A caller's ``alive`` may say no while the process is still exiting (its command
+    line is emptied before it becomes a zombie): wait briefly until it has exited, and
+    reap it if it is our child. Bounded, for the rare pid that was already reused."""
+    deadline = time.monotonic() + timeout
+    while _exists(pid) and time.monotonic() < deadline:
+        time.sleep(_POLL)
+        _reap(pid)
+    _reap(pid)
 
 
 def _reap(pid: int) -> None:
