@@ -78,13 +78,20 @@ def _wait_gone(pid: int, timeout: float, alive: Callable[[int], bool]) -> bool:
 
 def _settle(pid: int, timeout: float = 1.0) -> None:
     """A caller's ``alive`` may say no while the process is still exiting (its command
-    line is emptied before it becomes a zombie): wait briefly until it has exited, and
-    reap it if it is our child. Bounded, for the rare pid that was already reused."""
+    line is emptied first), and a multi-threaded child shows as a zombie before it can be
+    reaped (its other threads are still exiting). Wait briefly until it has exited and,
+    if it is our child, until it is reaped. Bounded, for the rare pid already reused."""
     deadline = time.monotonic() + timeout
-    while _exists(pid) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        try:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: gone once it is a zombie or away
+            if not _exists(pid):
+                return
+        else:
+            if reaped == pid:
+                return
         time.sleep(_POLL)
-        _reap(pid)
-    _reap(pid)
 
 
 def _reap(pid: int) -> None:
