@@ -28,10 +28,13 @@ sdk-ts: setup
 
 test: lint typecheck unit sdk-ts
 
-bench: setup
+# The bench alone needs restic and borg (bench_peers.py), so it installs them itself.
+bench:
+	@bash scripts/setup.sh --bench
 	$(VENV)/python bench/bench_repository.py
 	$(VENV)/python bench/bench_qemu.py
 	$(VENV)/python bench/bench_vsphere.py
+	$(VENV)/python bench/bench_peers.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis sdk/typescript/node_modules sdk/typescript/dist sdk/typescript/dist-test lab/vcsim/bin

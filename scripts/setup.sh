@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Install everything HyperSDK needs on Debian 12; safe to run again (it skips what is there).
+# With --bench, also the peers that `make bench` compares against (restic, borg): `make test`
+# does not need them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,9 @@ APT_PACKAGES=(
   nodejs npm            # the TypeScript SDK
   zstd
 )
+if [[ "${1:-}" == --bench ]]; then
+  APT_PACKAGES+=(restic borgbackup)
+fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
