@@ -245,7 +245,9 @@ class HttpRangeReader:
         self._extents = list(extents) if extents is not None else None
         self._coalesce = coalesce
         self._segment = segment
-        self._max_segments = max_segments or 2 * max(1, client.pool)
+        # one segment per connection, one being handed out, one spare
+        self._max_segments = max_segments or max(1, client.pool) + 2
+        self._free: list[bytearray] = []  # buffers of consumed segments
         self._plan: _Plan | None = None
         self._segments: dict[int, _Segment] = {}  # by start offset
         self._starts: list[int] = []  # sorted keys of _segments
@@ -303,8 +305,12 @@ class HttpRangeReader:
             return None
         start = block * plan.block
         nblocks = max(1, min(run_end - block, self._segment // plan.block))
+        if nblocks * plan.block > self._segment:
+            return None  # a block larger than a segment: read it as asked
         end = min(start + nblocks * plan.block, self._capacity)
-        seg = _Segment(start, end, bytearray(end - start), left=end - start)
+        # Buffers are reused: a fresh one costs a page fault per 4 KiB as it fills.
+        buf = self._free.pop() if self._free else bytearray(self._segment)
+        seg = _Segment(start, end, buf, left=end - start)
         self._segments[start] = seg
         bisect.insort(self._starts, start)
         self._frontier = max(self._frontier, end)
@@ -352,11 +358,12 @@ class HttpRangeReader:
                 raise type(err)(str(err)) from err
             raise ProviderError(f"disk {self._key}: {err}") from err
         a = offset - seg.start
-        data = bytes(seg.buf[a : a + length])
+        data = bytes(memoryview(seg.buf)[a : a + length])  # one copy, not two
         with self._lock:
             seg.left -= length
             if seg.left <= 0:
                 self._forget(seg)
+                self._free.append(seg.buf)  # every copy out of it is done
         return data
 
     def _fill(self, seg: _Segment) -> None:
@@ -368,7 +375,7 @@ class HttpRangeReader:
                 seg.cond.notify_all()
 
         try:
-            self._get(seg.start, memoryview(seg.buf), progress)
+            self._get(seg.start, memoryview(seg.buf)[: seg.end - seg.start], progress)
         except BaseException as err:
             with self._lock:
                 self._forget(seg)  # a later read of its blocks asks again
