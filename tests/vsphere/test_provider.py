@@ -345,3 +345,12 @@ def test_coalesced_reads_keep_every_check(server: Any) -> None:
     assert r.pread(0, 1024) == bytes(range(256)) * 4 and r.requests == 3
     assert r.pread(1024, 1024) == bytes(range(256)) * 4 and r.requests == 3  # from the segment
     assert [h["Range"] for h in _Handler.seen] == ["bytes=0-4095"] * 3
+
+
+def test_a_first_read_off_the_block_grid_sets_no_plan(server: Any) -> None:
+    """A read that is not a block (a sub-block patch, say) is read as asked, and does
+    not make the reader fetch ranges nobody asked for."""
+    r = server("exact", coalesce=True)
+    assert r.pread(100, 50) == bytes(range(100, 150))
+    assert r.pread(1024, 1000) == (bytes(range(256)) * 16)[1024:2024]
+    assert [h["Range"] for h in _Handler.seen] == ["bytes=100-149", "bytes=1024-2023"]

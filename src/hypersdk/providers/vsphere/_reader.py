@@ -276,8 +276,9 @@ class HttpRangeReader:
     def _plan_for(self, offset: int, length: int) -> _Plan | None:
         plan = self._plan
         if plan is None:
-            # The engine's block size is the length of any read not at the disk's end.
-            if offset + length >= self._capacity:
+            # The engine's block size is the length of any read not at the disk's end
+            # (a power of two, at a multiple of it); anything else is read as asked.
+            if offset + length >= self._capacity or length & (length - 1) or offset % length:
                 return None
             with self._lock:
                 if self._plan is None:
