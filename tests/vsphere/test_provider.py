@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim
@@ -287,10 +286,12 @@ def server() -> Iterator[Callable[[str], _reader.HttpRangeReader]]:
         ("vmware_soap_session", "s1"), ssl_context=ssl.create_default_context(), pool=2
     )
 
-    def reader(mode: str) -> _reader.HttpRangeReader:
+    def reader(mode: str, coalesce: bool = False) -> _reader.HttpRangeReader:
         _Handler.mode, _Handler.hits, _Handler.seen = mode, 0, []
         url = f"http://127.0.0.1:{srv.server_address[1]}/folder/x-flat.vmdk"
-        return _reader.HttpRangeReader(client, url, 4096, "disk-2000", backoff=0.01)
+        return _reader.HttpRangeReader(
+            client, url, 4096, "disk-2000", backoff=0.01, coalesce=coalesce
+        )
 
     yield reader
     client.close()
@@ -309,10 +310,9 @@ def test_a_200_reply_to_a_range_request_is_refused(server: Any) -> None:
 def test_transient_errors_are_retried_then_reported(server: Any) -> None:
     r = server("flaky")
     assert r.pread(0, 4) == bytes(range(4)) and r.requests == 3
-    dead = _reader.HttpRangeReader(
-        httpx.Client(), "http://127.0.0.1:9/x", 4096, "disk-2000", backoff=0.01
-    )
-    with pytest.raises(ConnectionFailed, match="failed 4 times: ConnectError") as err:
+    client = _reader.make_client(("c", "v"), ssl_context=ssl.create_default_context(), pool=1)
+    dead = _reader.HttpRangeReader(client, "http://127.0.0.1:9/x", 4096, "disk-2000", backoff=0.01)
+    with pytest.raises(ConnectionFailed, match="failed 4 times: ConnectionRefusedError") as err:
         dead.pread(0, 10)
     assert isinstance(err.value, ProviderError)
 
@@ -333,3 +333,24 @@ def test_reads_ask_for_identity_coding_and_check_the_file_size(server: Any) -> N
     assert "\n" not in str(err.value)
     with pytest.raises(ProviderError, match="gzip-coded body although Accept-Encoding"):
         server("gzip").pread(0, 16)
+
+
+def test_coalesced_reads_keep_every_check(server: Any) -> None:
+    """A segment's one large GET goes through the same checks as a block's own."""
+    with pytest.raises(ProviderError, match="does not match the request bytes=1024-4095"):
+        server("wrong-range", coalesce=True).pread(1024, 1024)
+    with pytest.raises(ProviderError, match="the datastore file is 4608 bytes long"):
+        server("wrong-total", coalesce=True).pread(0, 1024)
+    r = server("flaky", coalesce=True)
+    assert r.pread(0, 1024) == bytes(range(256)) * 4 and r.requests == 3
+    assert r.pread(1024, 1024) == bytes(range(256)) * 4 and r.requests == 3  # from the segment
+    assert [h["Range"] for h in _Handler.seen] == ["bytes=0-4095"] * 3
+
+
+def test_a_first_read_off_the_block_grid_sets_no_plan(server: Any) -> None:
+    """A read that is not a block (a sub-block patch, say) is read as asked, and does
+    not make the reader fetch ranges nobody asked for."""
+    r = server("exact", coalesce=True)
+    assert r.pread(100, 50) == bytes(range(100, 150))
+    assert r.pread(1024, 1000) == (bytes(range(256)) * 16)[1024:2024]
+    assert [h["Range"] for h in _Handler.seen] == ["bytes=100-149", "bytes=1024-2023"]

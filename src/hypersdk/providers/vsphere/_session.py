@@ -30,8 +30,6 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-import httpx
-
 from hypersdk.errors import (
     ChangeIdInvalid,
     ProviderError,
@@ -75,7 +73,7 @@ class VsphereBackupSession:
         self.query_calls = 0
         self._snapshot: Any = None
         self._cleanup = CleanupStack()  # the undo step of everything made so far
-        self._client: httpx.Client | None = None
+        self._client: _reader.FolderClient | None = None
         self._disks: list[FrozenDisk] = []
         self._closed = False
 
@@ -194,7 +192,9 @@ class VsphereBackupSession:
         if self._client is not None:
             ds, path = disk.flat_path()
             url = _reader.folder_url(self._conn.endpoint.netloc, dc_path, ds, path)
-            reader = _reader.HttpRangeReader(self._client, url, disk.capacity, disk.key)
+            reader = _reader.HttpRangeReader(
+                self._client, url, disk.capacity, disk.key, extents=changed
+            )
         return FrozenDisk(
             key=disk.key,
             capacity_bytes=disk.capacity,
