@@ -157,3 +157,50 @@ def test_extra_connection_that_fails_leaves_fewer(
     with NbdPool.connect(sock, connections=4) as pool:
         assert pool.connections == 2
         assert pool.pread(8, 16) == pattern(8, 16)
+
+
+def reads_logged(log: Path) -> list[tuple[int, int]]:
+    found = re.findall(
+        r"connection=\d+ Read id=\d+ offset=(0x[0-9a-f]+) count=(0x[0-9a-f]+)", log.read_text()
+    )
+    return sorted((int(o, 16), int(c, 16)) for o, c in found)
+
+
+@pytest.mark.parametrize(
+    ("request_size", "expected"), [(None, [MiB]), (512 * 1024, [512 * 1024] * 2)]
+)
+def test_a_block_is_read_as_pipelined_requests(
+    servers: Servers, tmp_path: Path, request_size: int | None, expected: list[int]
+) -> None:
+    log = tmp_path / "reads.log"
+    sock, _ = servers.nbdkit("pattern", "4M", f"logfile={log}", filters=("log",))
+    with NbdPool.connect(sock, read_request_size=request_size) as pool:
+        assert pool.pread(MiB, MiB) == pattern(MiB, MiB)
+        buf = bytearray(MiB)
+        pool.pread_into(2 * MiB, buf)
+        assert buf == pattern(2 * MiB, MiB)
+    reads = reads_logged(log)
+    assert [count for _, count in reads] == expected * 2
+    # the pieces tile each read exactly
+    assert sum(count for _, count in reads) == 2 * MiB
+    assert reads[0][0] == MiB and reads[-1][0] + reads[-1][1] == 3 * MiB
+
+
+def test_read_request_size_is_clamped_to_the_servers_limits(servers: Servers) -> None:
+    sock, _ = servers.nbdkit(
+        "pattern",
+        "4M",
+        "blocksize-minimum=4096",
+        "blocksize-maximum=256K",
+        "blocksize-error-policy=error",  # a request above the maximum fails
+        filters=("blocksize-policy",),
+    )
+    with NbdClient.connect(sock) as client:
+        client.set_read_request_size(512 * 1024)
+        assert client.read_request_size == 256 * 1024
+        assert client.pread(0, MiB) == pattern(0, MiB)
+        client.set_read_request_size(6000)
+        assert client.read_request_size == 4096
+        assert client.pread(4096, 3 * 4096) == pattern(4096, 3 * 4096)
+        client.set_read_request_size(1)
+        assert client.read_request_size == 4096
