@@ -56,13 +56,15 @@ log = logging.getLogger(__name__)
 WAIT_TIMEOUT = 30.0
 
 
-def _connect_nbd(uri: str, export: str, bitmap: str | None) -> NbdPool:
+def _connect_nbd(uri: str, export: str, bitmap: str | None, connections: int = 4) -> NbdPool:
     """Connections to a read-only export: several when the server allows multi-conn, so
     the engine's reading threads do not queue on one socket (docs/design.md, Profile)."""
     contexts = [_extents.BASE_ALLOCATION]
     if bitmap:
         contexts.append(_extents.bitmap_context(bitmap))
-    client = NbdPool.connect(uri, export_name=export, meta_contexts=tuple(contexts))
+    client = NbdPool.connect(
+        uri, export_name=export, meta_contexts=tuple(contexts), connections=connections
+    )
     missing = [c for c in contexts if c not in client.meta_contexts]
     if missing:
         client.close()
@@ -426,7 +428,7 @@ def dirty_bytes_offline(disk: QemuDisk, bitmap: str) -> int:
         server = _tools.QemuNbd(disk.file, os.path.join(tmpdir, "nbd.sock"), "disk", bitmap)
         try:
             server.start()
-            client = _connect_nbd(server.uri, "disk", bitmap)
+            client = _connect_nbd(server.uri, "disk", bitmap, connections=1)  # block status only
             try:
                 return _extents.dirty_bytes(client, bitmap, disk.capacity)
             finally:
