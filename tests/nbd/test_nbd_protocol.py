@@ -29,6 +29,7 @@ def test_public_api_is_pinned() -> None:
         "NbdCommandError",
         "NbdConnectionError",
         "NbdOptionError",
+        "NbdPool",
         "NbdProtocolError",
     ]
     assert (hypersdk.nbd.STATE_HOLE, hypersdk.nbd.STATE_ZERO, hypersdk.nbd.STATE_DIRTY) == (1, 2, 1)

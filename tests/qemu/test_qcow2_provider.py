@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hypersdk.errors import CbtUnavailable, ChangeIdInvalid, ConflictError
+from hypersdk.nbd import NbdPool
 from hypersdk.providers.base import Provider
 from hypersdk.providers.qemu import Qcow2Provider, open_qemu_provider
 from tests.qemu.helpers import assert_contiguous, image_bytes, materialize, ranges
@@ -59,6 +60,8 @@ def test_offline_full_then_incremental(image: Path, tmp_path: Path) -> None:
         (disk,) = session.disks
         assert disk.changed is not None
         assert_contiguous(disk.changed, 8 * MiB)
+        # qemu-nbd --read-only allows multi-conn: the engine's threads get a socket each
+        assert isinstance(disk.reader, NbdPool) and disk.reader.connections == 4
         assert materialize(disk) == expected
         first = disk.change_id
     p.backup_committed({"vm1": first})

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hypersdk.errors import ChangeIdInvalid, ConnectionFailed, HyperSDKError, ProviderError
+from hypersdk.nbd import NbdPool
 from hypersdk.providers.base import Provider
 from hypersdk.providers.qemu import QmpProvider, open_qemu_provider
 from tests.qemu.helpers import assert_contiguous, image_bytes, materialize, ranges
@@ -89,6 +90,36 @@ def test_full_session_equals_disk(
         assert materialize(disk) == expected
         # the reader reads every byte, also where the extents say zero
         assert disk.reader.pread(14 * MiB, MiB) == expected[14 * MiB : 15 * MiB]
+
+
+def test_session_reads_over_several_connections(
+    qsd: QemuStorageDaemon, provider: QmpProvider, tmp_path: Path
+) -> None:
+    """The fleecing export is read-only, so QEMU allows multi-conn: the engine's threads
+    each get a connection of their own, and together they read exactly the disk."""
+    qsd.write(0, bytes(range(256)) * 4096 * 3)  # 3 MiB
+    qsd.write(9 * MiB + 7, b"\x5a" * 70000)
+    qsd.flush()
+    expected = image_bytes(qsd.disk_path, tmp_path)
+    provider.enable_cbt()
+    with provider.open_backup(None) as session:
+        (disk,) = session.disks
+        reader = disk.reader
+        assert isinstance(reader, NbdPool)
+        assert reader.primary.can_multi_conn and reader.connections == 4
+        got: dict[int, bytes] = {}
+
+        def read(first: int) -> None:
+            for block in range(first, 16, 4):
+                got[block] = reader.pread(block * MiB, MiB)
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert b"".join(got[b] for b in range(16)) == expected
+    assert not qsd.export_ids() - {qsd.export_name}  # every connection's export is gone
 
 
 def test_incremental_reports_exactly_the_changes(

@@ -1,7 +1,8 @@
 """NBD (Network Block Device) client in pure Python.
 
 ``protocol`` holds the wire format (constants, encode/decode, no sockets) so that a
-server can share it; ``client`` holds the thread-safe socket client.
+server can share it; ``client`` holds the thread-safe socket client; ``pool`` spreads
+reading threads over several connections when the server allows multi-conn.
 
     with NbdClient.connect("unix:/run/nbd.sock", meta_contexts=("base:allocation",)) as c:
         extents = c.block_status("base:allocation", 0, c.size)
@@ -13,6 +14,7 @@ Errors are :class:`hypersdk.errors.NbdError` or one of its subclasses defined in
 """
 
 from hypersdk.nbd.client import NbdClient
+from hypersdk.nbd.pool import NbdPool
 from hypersdk.nbd.protocol import (
     CONTEXT_BASE_ALLOCATION,
     CONTEXT_DIRTY_BITMAP_PREFIX,
@@ -37,5 +39,6 @@ __all__ = [
     "NbdCommandError",
     "NbdConnectionError",
     "NbdOptionError",
+    "NbdPool",
     "NbdProtocolError",
 ]

@@ -189,6 +189,7 @@ class NbdClient:
         if max_payload >= self.block_size_minimum:
             max_payload -= max_payload % self.block_size_minimum
         self._max_payload = max(max_payload, 1)
+        self._read_request = self._max_payload
 
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -280,6 +281,20 @@ class NbdClient:
     def __repr__(self) -> str:
         return f"<NbdClient {self._address!r} export={self.export_name!r} size={self.size}>"
 
+    @property
+    def read_request_size(self) -> int:
+        """The largest single NBD read request; longer reads are split and pipelined."""
+        return self._read_request
+
+    def set_read_request_size(self, size: int) -> None:
+        """Split reads into requests of at most ``size`` bytes (clamped to what the
+        server allows, a multiple of its minimum block size). The pieces of one read are
+        all sent at once: the server works on them concurrently and the first bytes
+        arrive sooner, so one read waits less than for one large request."""
+        align = self.block_size_minimum
+        size = min(max(size, align), self._max_payload)
+        self._read_request = max(size - size % align, align)
+
     # --- commands -----------------------------------------------------------------------
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -323,7 +338,7 @@ class NbdClient:
             return
         requests = [
             self._submit(_Request(p.CMD_READ, offset + pos, n, view[pos : pos + n]))
-            for pos, n in _split(length, self._max_payload)
+            for pos, n in _split(length, self._read_request)
         ]
         self._wait_all(requests)
 

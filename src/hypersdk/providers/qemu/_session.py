@@ -44,7 +44,7 @@ from hypersdk.errors import (
     NbdError,
     ProviderError,
 )
-from hypersdk.nbd import NbdClient
+from hypersdk.nbd import NbdPool
 from hypersdk.providers.base import FrozenDisk
 from hypersdk.providers.cleanup import CleanupStack
 from hypersdk.providers.qemu import _checkpoints, _extents, _stale, _tools
@@ -56,11 +56,15 @@ log = logging.getLogger(__name__)
 WAIT_TIMEOUT = 30.0
 
 
-def _connect_nbd(uri: str, export: str, bitmap: str | None) -> NbdClient:
+def _connect_nbd(uri: str, export: str, bitmap: str | None, connections: int = 4) -> NbdPool:
+    """Connections to a read-only export: several when the server allows multi-conn, so
+    the engine's reading threads do not queue on one socket (docs/design.md, Profile)."""
     contexts = [_extents.BASE_ALLOCATION]
     if bitmap:
         contexts.append(_extents.bitmap_context(bitmap))
-    client = NbdClient.connect(uri, export_name=export, meta_contexts=tuple(contexts))
+    client = NbdPool.connect(
+        uri, export_name=export, meta_contexts=tuple(contexts), connections=connections
+    )
     missing = [c for c in contexts if c not in client.meta_contexts]
     if missing:
         client.close()
@@ -68,7 +72,7 @@ def _connect_nbd(uri: str, export: str, bitmap: str | None) -> NbdClient:
     return client
 
 
-def _snapshot(disk: QemuDisk, client: NbdClient, change_id: str, bitmap: str | None) -> FrozenDisk:
+def _snapshot(disk: QemuDisk, client: NbdPool, change_id: str, bitmap: str | None) -> FrozenDisk:
     try:
         if client.size != disk.capacity:
             raise ProviderError(
@@ -98,7 +102,7 @@ class _SessionBase:
         self._disks: list[FrozenDisk] = []
         self._cleanup = CleanupStack()
         self._on_failure = CleanupStack()  # removes the new checkpoints
-        self._clients: list[NbdClient] = []
+        self._clients: list[NbdPool] = []
         self._closed = False
         self.tmpdir = ""
         self.session_id = ""
@@ -111,7 +115,7 @@ class _SessionBase:
         """The private folder and its marker, before anything is created in QEMU."""
         self.tmpdir = _stale.make_folder(self.session_id, kind, qemu)
 
-    def _add_client(self, client: NbdClient) -> None:
+    def _add_client(self, client: NbdPool) -> None:
         self._clients.append(client)
 
         def close() -> None:
@@ -424,7 +428,7 @@ def dirty_bytes_offline(disk: QemuDisk, bitmap: str) -> int:
         server = _tools.QemuNbd(disk.file, os.path.join(tmpdir, "nbd.sock"), "disk", bitmap)
         try:
             server.start()
-            client = _connect_nbd(server.uri, "disk", bitmap)
+            client = _connect_nbd(server.uri, "disk", bitmap, connections=1)  # block status only
             try:
                 return _extents.dirty_bytes(client, bitmap, disk.capacity)
             finally:
