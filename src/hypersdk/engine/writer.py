@@ -24,7 +24,7 @@ from datetime import datetime
 from types import TracebackType
 
 from hypersdk import __version__
-from hypersdk.engine.plan import READ, ZERO, plan_blocks
+from hypersdk.engine.plan import READ, BlockPlan, plan_blocks
 from hypersdk.engine.request import DEFAULT_PARALLEL, ExportHooks
 from hypersdk.errors import ExportCancelled, RepositoryError
 from hypersdk.providers.base import FrozenDisk, VmIdentity
@@ -79,9 +79,10 @@ class GenerationResult:
         return sum(d.bytes_stored for d in self.disks.values())
 
 
-def bytes_to_read(disks: Sequence[FrozenDisk], block_size: int) -> int:
-    """How many bytes an export of these disks will read: the progress bar's total."""
-    return sum(plan_blocks(d.capacity_bytes, block_size, d.changed).read_bytes() for d in disks)
+def plan_disks(disks: Sequence[FrozenDisk], block_size: int) -> list[BlockPlan]:
+    """Each disk's block plan, in order. Computed once per disk and shared: the progress
+    total is ``sum(p.read_bytes() for p in plans)``, and ``write`` takes the same plans."""
+    return [plan_blocks(d.capacity_bytes, block_size, d.changed) for d in disks]
 
 
 class GenerationWriter:
@@ -115,11 +116,20 @@ class GenerationWriter:
         reason: str,
         parallel: int = DEFAULT_PARALLEL,
         hooks: ExportHooks | None = None,
+        plans: Sequence[BlockPlan] | None = None,
     ) -> GenerationResult:
         """Write and commit a generation; ``parent`` makes it incremental. ``parallel``
-        comes from a checked ``ExportRequest`` (or a test); it only sizes the pool."""
+        comes from a checked ``ExportRequest`` (or a test); it only sizes the pool.
+        ``plans`` (from ``plan_disks``, one per disk) saves planning the disks again."""
         opts = _Run(parallel, hooks or ExportHooks())
         repo = self.repo
+        if plans is None:
+            plans = plan_disks(disks, repo.config.block_size)
+        elif len(plans) != len(disks) or any(
+            p.capacity != d.capacity_bytes or p.block_size != repo.config.block_size
+            for p, d in zip(plans, disks, strict=False)
+        ):
+            raise ValueError("the block plans do not match the disks")
         if parent is not None:
             self._check_parent(parent, disks)
         started = utc_now()
@@ -127,7 +137,7 @@ class GenerationWriter:
         stats: dict[str, DiskStats] = {}
         batch = repo.chunks.stage()
         try:
-            manifest = self._write(disks, parent, reason, opts, batch, stats, started, t0)
+            manifest = self._write(disks, plans, parent, reason, opts, batch, stats, started, t0)
             if opts.cancelled:
                 raise ExportCancelled("export cancelled; nothing was committed")
             repo.commit(manifest, batch)
@@ -139,6 +149,7 @@ class GenerationWriter:
     def _write(
         self,
         disks: Sequence[FrozenDisk],
+        plans: Sequence[BlockPlan],
         parent: Manifest | None,
         reason: str,
         opts: _Run,
@@ -151,13 +162,14 @@ class GenerationWriter:
         repo, block_size = self.repo, self.repo.config.block_size
         gen_id = new_generation_id(started)
         records: list[DiskRecord] = []
-        for disk in disks:
+        for disk, plan in zip(disks, plans, strict=True):
+            # The base index is this call's own (loaded or new): it is patched in place.
             base = (
                 repo.load_index(parent, disk.key)
                 if parent is not None
                 else DiskIndex.empty(disk.capacity_bytes, block_size)
             )
-            index, disk_stats = _copy_disk(repo, disk, base, opts, batch)
+            index, disk_stats = _copy_disk(repo, disk, plan, base, opts, batch)
             rel, digest = repo.write_index(self.vm.vm_id, gen_id, disk.key, index)
             stats[disk.key] = disk_stats
             records.append(
@@ -224,14 +236,19 @@ class GenerationWriter:
 
 
 def _copy_disk(
-    repo: Repository, disk: FrozenDisk, base: DiskIndex, opts: _Run, batch: ChunkBatch
+    repo: Repository,
+    disk: FrozenDisk,
+    plan: BlockPlan,
+    index: DiskIndex,
+    opts: _Run,
+    batch: ChunkBatch,
 ) -> tuple[DiskIndex, DiskStats]:
+    """Patch ``index`` (the base, changed in place) with the plan's blocks: only the
+    planned blocks are visited, never the whole disk."""
     block_size = repo.config.block_size
-    plan = plan_blocks(disk.capacity_bytes, block_size, disk.changed)
-    index = base.copy()
     stats = DiskStats()
-    for block in plan.blocks(ZERO):
-        index.set(block, None)
+    for first, end in plan.zero:
+        index.set_zero(first, end)
 
     zero_block = bytes(block_size)
     seen: set[bytes] = set()

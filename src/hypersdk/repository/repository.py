@@ -13,7 +13,6 @@ it (for verify), and only asking for that very generation raises an IntegrityErr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from hypersdk.repository.files import (
     fsync_dir,
     make_private_dirs,
     sync_filesystem,
+    temp_name,
     write_atomic,
 )
 from hypersdk.repository.index import DiskIndex
@@ -289,12 +289,9 @@ class Repository:
             # Never follow a path read from a file anywhere else (e.g. "../../etc/x").
             raise IntegrityError(f"{where}: the manifest names it at {record.index!r}")
         try:
-            blob = path.read_bytes()
+            index = DiskIndex.read(path, record.index_sha256, where)
         except FileNotFoundError:
             raise IntegrityError(f"{where}: missing ({record.index})") from None
-        if hashlib.sha256(blob).hexdigest() != record.index_sha256:
-            raise IntegrityError(f"{where}: does not match the checksum in the manifest")
-        index = DiskIndex.decode(blob, where)
         if index.capacity != record.capacity_bytes or index.block_size != manifest.block_size:
             raise IntegrityError(f"{where}: capacity or block size differs from the manifest")
         return index
@@ -306,9 +303,15 @@ class Repository:
         path = self.layout.index(vm_id, generation, disk_key)
         make_private_dirs(path.parent)
         make_private_dirs(self.layout.tmp)
-        blob = index.encode()
-        write_atomic(path, blob, self.layout.tmp, durable=False)
-        return self.layout.relative(path), hashlib.sha256(blob).hexdigest()
+        # Written piece by piece, never built in memory: an index is 32 bytes a block.
+        tmp = temp_name(path, self.layout.tmp)
+        digest = index.write(tmp)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self.layout.relative(path), digest
 
     # -- commit ------------------------------------------------------------------------
 
