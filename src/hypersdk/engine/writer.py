@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 
 from hypersdk import __version__
@@ -31,7 +32,7 @@ from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.providers.factory import canonical_locator
 from hypersdk.repository.chunkstore import ChunkBatch
 from hypersdk.repository.envelope import chunk_id
-from hypersdk.repository.index import DiskIndex
+from hypersdk.repository.index import ENTRY, build_index
 from hypersdk.repository.manifest import (
     DiskRecord,
     Manifest,
@@ -163,14 +164,25 @@ class GenerationWriter:
         gen_id = new_generation_id(started)
         records: list[DiskRecord] = []
         for disk, plan in zip(disks, plans, strict=True):
-            # The base index is this call's own (loaded or new): it is patched in place.
-            base = (
-                repo.load_index(parent, disk.key)
-                if parent is not None
-                else DiskIndex.empty(disk.capacity_bytes, block_size)
+            # The parent's index is checked now (header) and streamed at the end; it is
+            # never held whole in memory.
+            base = repo.index_source(parent, disk.key) if parent is not None else None
+            entries, disk_stats = _copy_disk(repo, disk, plan, opts, batch)
+            rel, built = repo.build_index(
+                self.vm.vm_id,
+                gen_id,
+                disk.key,
+                partial(
+                    build_index,
+                    capacity=disk.capacity_bytes,
+                    block_size=block_size,
+                    base=base,
+                    read_runs=plan.read,
+                    read_entries=entries,
+                    zero_runs=plan.zero,
+                ),
             )
-            index, disk_stats = _copy_disk(repo, disk, plan, base, opts, batch)
-            rel, digest = repo.write_index(self.vm.vm_id, gen_id, disk.key, index)
+            disk_stats.zero_blocks = built.zero_blocks
             stats[disk.key] = disk_stats
             records.append(
                 DiskRecord(
@@ -178,8 +190,8 @@ class GenerationWriter:
                     capacity_bytes=disk.capacity_bytes,
                     change_id=disk.change_id,
                     index=rel,
-                    index_sha256=digest,
-                    blocks=index.blocks,
+                    index_sha256=built.sha256,
+                    blocks=built.blocks,
                     zero_blocks=disk_stats.zero_blocks,
                     bytes_read=disk_stats.bytes_read,
                     bytes_stored=disk_stats.bytes_stored,
@@ -239,16 +251,16 @@ def _copy_disk(
     repo: Repository,
     disk: FrozenDisk,
     plan: BlockPlan,
-    index: DiskIndex,
     opts: _Run,
     batch: ChunkBatch,
-) -> tuple[DiskIndex, DiskStats]:
-    """Patch ``index`` (the base, changed in place) with the plan's blocks: only the
-    planned blocks are visited, never the whole disk."""
+) -> tuple[bytearray, DiskStats]:
+    """Read and store the plan's blocks; returns their index entries (32 bytes each, in
+    the order of ``plan.read``) and the counters. Only the planned blocks are visited,
+    never the whole disk."""
     block_size = repo.config.block_size
     stats = DiskStats()
-    for first, end in plan.zero:
-        index.set_zero(first, end)
+    entries = bytearray(plan.count(READ) * ENTRY)
+    slot = 0  # results are collected in submission order: disk order
 
     zero_block = bytes(block_size)
     seen: set[bytes] = set()
@@ -282,9 +294,12 @@ def _copy_disk(
         return block, cid, len(sealed), 1 if stored is None else 2
 
     def collect(fut: Future[tuple[int, bytes | None, int, int]]) -> None:
+        nonlocal slot
         block, cid, stored, new = fut.result()  # re-raises a worker's error
         length = plan.length(block)
-        index.set(block, cid)
+        if cid is not None:
+            entries[slot * ENTRY : (slot + 1) * ENTRY] = cid
+        slot += 1
         stats.bytes_read += length
         if cid is None:
             pass
@@ -314,5 +329,4 @@ def _copy_disk(
             for fut in pending:
                 fut.cancel()
             raise
-    stats.zero_blocks = index.zero_blocks()
-    return index, stats
+    return entries, stats

@@ -24,7 +24,9 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
 
 from hypersdk.errors import IntegrityError
@@ -47,8 +49,6 @@ def block_count(capacity: int, block_size: int) -> int:
 _WINDOW = 4096  # entries: 128 KiB
 _SUB = 64  # entries: 2 KiB
 _ZERO_WINDOW = bytes(_WINDOW * ENTRY)
-# Pieces of zero entries written at a time by ``set_zero``: bounded memory for any range.
-_ZERO_PIECE = 32768
 
 
 @dataclass
@@ -80,32 +80,13 @@ class DiskIndex:
     def set(self, block: int, chunk: bytes | None) -> None:
         self.entries[block * ENTRY : (block + 1) * ENTRY] = chunk if chunk else ZERO_ENTRY
 
-    def set_zero(self, first: int, end: int) -> None:
-        """Mark blocks ``[first, end)`` zero, in bounded pieces."""
-        while first < end:
-            n = min(end - first, _ZERO_PIECE)
-            self.entries[first * ENTRY : (first + n) * ENTRY] = bytes(n * ENTRY)
-            first += n
-
     def copy(self) -> DiskIndex:
         return DiskIndex(self.capacity, self.block_size, bytearray(self.entries))
 
     def nonzero_blocks(self) -> Iterator[int]:
-        """Every block with a chunk, in disk order. Zero entries are skipped a window at
-        a time with one comparison, so the cost follows the data, not the disk size."""
-        buf = self.entries
-        nblocks = self.blocks
-        for w in range(0, nblocks, _WINDOW):
-            w_end = min(w + _WINDOW, nblocks)
-            if buf[w * ENTRY : w_end * ENTRY] == _ZERO_WINDOW[: (w_end - w) * ENTRY]:
-                continue
-            for s in range(w, w_end, _SUB):
-                s_end = min(s + _SUB, w_end)
-                if buf[s * ENTRY : s_end * ENTRY] == _ZERO_WINDOW[: (s_end - s) * ENTRY]:
-                    continue
-                for block in range(s, s_end):
-                    if buf[block * ENTRY : (block + 1) * ENTRY] != ZERO_ENTRY:
-                        yield block
+        """Every block with a chunk, in disk order, skipping zero runs a window at a
+        time."""
+        return _nonzero(self.entries, self.blocks)
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
         """(block, chunk id) for every non-zero block, in disk order."""
@@ -225,3 +206,220 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+# -- building an index by streaming ---------------------------------------------------
+#
+# An export never holds a whole index: at 32 bytes a block a 62 TiB disk's index is
+# 2 GiB. It streams the base (the parent's index file, or zeros) through a fixed buffer,
+# patches the few entries the export changed, and writes, hashes and counts each piece.
+
+_PIECE = 262144  # entries a piece: 8 MiB
+_ZERO_PIECE_BYTES = bytes(_PIECE * ENTRY)
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """A stored index an export builds on: its file, the SHA-256 its manifest records
+    and the name errors give it. Nothing is trusted before ``build_index`` checked it."""
+
+    path: Path
+    sha256: str
+    where: str
+
+    def check_header(self, capacity: int, block_size: int) -> None:
+        """Refuse early (before any data is copied) an index of another disk geometry,
+        a damaged header or a wrong size; the checksums are checked while it streams."""
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                header = f.read(HEADER.size)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            raise IntegrityError(f"{self.where}: missing") from None
+        _check_base_header(header, size, self.where, capacity, block_size)
+
+
+def _check_base_header(
+    header: bytes, size: int, where: str, capacity: int, block_size: int
+) -> None:
+    if len(header) < HEADER.size:
+        raise IntegrityError(f"{where}: truncated ({size} bytes)")
+    magic, version, algo, res1, bsize, res2, cap, count = HEADER.unpack_from(header)
+    if magic != MAGIC:
+        raise IntegrityError(f"{where}: bad magic {magic!r}")
+    if version != VERSION:
+        raise IntegrityError(f"{where}: unsupported index version {version}")
+    if algo != HASH_SHA256 or res1 or res2:
+        raise IntegrityError(f"{where}: corrupt header")
+    if (cap, bsize) != (capacity, block_size) or count != block_count(capacity, block_size):
+        raise IntegrityError(f"{where}: capacity or block size differs from the manifest")
+    expected = HEADER.size + count * ENTRY + 32
+    if size != expected:
+        raise IntegrityError(f"{where}: truncated ({size} of {expected} bytes)")
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    sha256: str  # of the whole file, as the manifest records it
+    blocks: int
+    zero_blocks: int
+
+
+def build_index(
+    dest: Path,
+    capacity: int,
+    block_size: int,
+    base: IndexSource | None,
+    read_runs: list[tuple[int, int]],
+    read_entries: bytes | bytearray,
+    zero_runs: list[tuple[int, int]],
+) -> BuiltIndex:
+    """Create ``dest`` (mode 0600; the caller renames it and makes it durable): ``base``
+    (None: all zero) with the blocks of ``zero_runs`` zeroed and the blocks of
+    ``read_runs``, in order, set to the consecutive 32-byte entries of ``read_entries``.
+    Runs are sorted, disjoint ``[first, end)`` block ranges. ``base`` is checked as it
+    streams (header, trailer, the manifest's SHA-256); IntegrityError if it fails, and
+    ``dest`` is removed. Memory: two 8 MiB pieces, whatever the disk size."""
+    count = block_count(capacity, block_size)
+    if len(read_entries) != sum(e - f for f, e in read_runs) * ENTRY:
+        raise ValueError("read_entries does not match read_runs")
+    header = HEADER.pack(MAGIC, VERSION, HASH_SHA256, 0, block_size, 0, capacity, count)
+    h_new = hashlib.sha256(header)
+    src = open(base.path, "rb", buffering=0) if base is not None else None  # noqa: SIM115
+    fd = -1
+    try:
+        h_base = None
+        if src is not None and base is not None:
+            first = src.read(HEADER.size)
+            _check_base_header(
+                first, os.fstat(src.fileno()).st_size, base.where, capacity, block_size
+            )
+            h_base = hashlib.sha256(first)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+        _pwrite_all(fd, header, 0)
+        piece = bytearray(_PIECE * ENTRY)  # the base, as read
+        out = bytearray(_PIECE * ENTRY)  # a patched piece
+        zeros = memoryview(_ZERO_PIECE_BYTES)
+        starts: list[int] = []  # entry offset in read_entries of each read run
+        at = 0
+        for f, e in read_runs:
+            starts.append(at)
+            at += e - f
+        ri = zi = 0
+        nonzero = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="index-hash") as pool:
+            for p in range(0, count, _PIECE):
+                q = min(p + _PIECE, count)
+                size = (q - p) * ENTRY
+                # This piece's patches: (first, end, replacement) in piece-relative bytes.
+                patches: list[tuple[int, int, bytes | bytearray | memoryview]] = []
+                while zi < len(zero_runs) and zero_runs[zi][1] <= p:
+                    zi += 1
+                k = zi
+                while src is not None and k < len(zero_runs) and zero_runs[k][0] < q:
+                    a, b = max(zero_runs[k][0], p), min(zero_runs[k][1], q)
+                    patches.append(((a - p) * ENTRY, (b - p) * ENTRY, zeros[: (b - a) * ENTRY]))
+                    k += 1
+                while ri < len(read_runs) and read_runs[ri][1] <= p:
+                    ri += 1
+                k = ri
+                while k < len(read_runs) and read_runs[k][0] < q:
+                    f, e = read_runs[k]
+                    a, b = max(f, p), min(e, q)
+                    s = starts[k] + a - f
+                    patches.append(
+                        (
+                            (a - p) * ENTRY,
+                            (b - p) * ENTRY,
+                            read_entries[s * ENTRY : (s + b - a) * ENTRY],
+                        )
+                    )
+                    k += 1
+                hashed = None
+                if src is not None and h_base is not None and base is not None:
+                    _read_exactly(src, memoryview(piece)[:size], base.where)
+                    # The base's checksum runs on the other core meanwhile; an unpatched
+                    # piece is hashed (twice, in parallel) and written as it was read.
+                    hashed = pool.submit(h_base.update, memoryview(piece)[:size])
+                    buf = piece
+                    if patches:
+                        out[:size] = memoryview(piece)[:size]
+                        buf = out
+                elif patches:
+                    out[:size] = zeros[:size]
+                    buf = out
+                else:
+                    # Nothing in this piece of a new index: zeros, left a hole in the file.
+                    h_new.update(zeros[:size])
+                    continue
+                for first, end, data in patches:
+                    buf[first:end] = data
+                view = memoryview(buf)[:size]
+                h_new.update(view)
+                _pwrite_all(fd, view, HEADER.size + p * ENTRY)
+                nonzero += _count_nonzero(buf, q - p)
+                if hashed is not None:
+                    hashed.result()
+        body_digest = h_new.digest()
+        h_new.update(body_digest)
+        end = HEADER.size + count * ENTRY
+        _pwrite_all(fd, body_digest, end)
+        os.ftruncate(fd, end + 32)
+        if src is not None and h_base is not None and base is not None:
+            trailer = src.read(33)
+            base_body = h_base.digest()
+            h_base.update(trailer)
+            if h_base.hexdigest() != base.sha256:
+                raise IntegrityError(f"{base.where}: does not match the checksum in the manifest")
+            if len(trailer) != 32 or trailer != base_body:
+                raise IntegrityError(f"{base.where}: checksum mismatch")
+        os.close(fd)
+        fd = -1
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+            dest.unlink(missing_ok=True)
+        raise
+    finally:
+        if src is not None:
+            src.close()
+    return BuiltIndex(h_new.hexdigest(), count, count - nonzero)
+
+
+def _nonzero(buf: bytearray, n: int) -> Iterator[int]:
+    """The non-zero entries among the first ``n`` of ``buf``, in order. Zero entries are
+    skipped a window at a time with one comparison (a bytearray slice compares with
+    memcmp), so the cost follows the data, not the disk size."""
+    for w in range(0, n, _WINDOW):
+        w_end = min(w + _WINDOW, n)
+        if buf[w * ENTRY : w_end * ENTRY] == _ZERO_WINDOW[: (w_end - w) * ENTRY]:
+            continue
+        for s in range(w, w_end, _SUB):
+            s_end = min(s + _SUB, w_end)
+            if buf[s * ENTRY : s_end * ENTRY] == _ZERO_WINDOW[: (s_end - s) * ENTRY]:
+                continue
+            for block in range(s, s_end):
+                if buf[block * ENTRY : (block + 1) * ENTRY] != ZERO_ENTRY:
+                    yield block
+
+
+def _count_nonzero(buf: bytearray, n: int) -> int:
+    return sum(1 for _ in _nonzero(buf, n))
+
+
+def _read_exactly(f: FileIO, view: memoryview, where: str) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise IntegrityError(f"{where}: truncated (changed while it was read)")
+        got += n
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
