@@ -146,10 +146,12 @@ def run(work: Path, label: str, capacity: int, data_mib: int, image: str) -> dic
         cmd = [sys.executable, __file__, "--child", mode, "--repo", str(repo)]
         cmd += ["--image", image, "--capacity", str(capacity), "--data-mib", str(data_mib)]
         os.sync()
+        t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
         if proc.returncode != 0:
             sys.exit(f"{label} {mode} failed:\n{proc.stderr}")
-        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1]) | {"wall": wall}
     return out
 
 
@@ -182,17 +184,27 @@ def main() -> None:
             results["62 TiB"] = run(work, "62TiB", 62 * TIB, args.data_mib, "memory")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'disk':>8} {'mode':>12} {'seconds':>8} {'peak RSS MiB':>13} {'read MiB':>9}")
+    # seconds: the export itself; process: the whole command as a user runs it
+    # (interpreter start and imports included), which is what issue 14 measured.
+    print(
+        f"{'disk':>8} {'mode':>12} {'seconds':>8} {'process':>8} {'peak RSS MiB':>13} "
+        f"{'read MiB':>9}"
+    )
     for label, modes in results.items():
         for mode, r in modes.items():
             name = "full" if mode == "full" else "incremental"
             print(
-                f"{label:>8} {name:>12} {r['seconds']:8.3f} {r['rss'] / MIB:13.0f} "
+                f"{label:>8} {name:>12} {r['seconds']:8.3f} {r['wall']:8.3f} "
+                f"{r['rss'] / MIB:13.0f} "
                 f"{r['read'] / MIB:9.0f}"
             )
     small, big = results[sizes[0][0]], results[sizes[1][0]]
     ratio = big["incr"]["seconds"] / small["incr"]["seconds"]
-    print(f"incremental {sizes[1][0]} / 64 GiB: {ratio:.2f}x (target <= 1.5x)")
+    whole = big["incr"]["wall"] / small["incr"]["wall"]
+    print(
+        f"incremental {sizes[1][0]} / 64 GiB: {whole:.2f}x as a command "
+        f"(target <= 1.5x), {ratio:.2f}x for the export alone"
+    )
     print(
         f"peak RSS at {sizes[1][0]}: {max(r['rss'] for r in big.values()) / MIB:.0f} MiB "
         "(target < 256 MiB)"

@@ -1,14 +1,16 @@
 """Write one generation of a VM into a repository.
 
-For each disk the engine starts from a base index (the parent's for an incremental, all
-zero for a full export), plans which blocks to read from the changed extents, and runs a
-bounded thread pipeline: read -> zero check -> hash -> reuse if stored and intact ->
+For each disk the engine plans which blocks to read from the changed extents (runs of
+blocks, computed once and shared with the progress total) and runs a bounded thread
+pipeline: read -> zero check -> hash -> reuse if stored and intact ->
 compress -> write. A stored chunk is reused only after its envelope check (header, length,
 CRC32C: one read, no decompression); a chunk file that fails it (a crash left its name
 over empty or zeroed bytes) is written again. New chunks get their names only after their
 bytes are durable (``ChunkBatch``).
 Hashing, zstd and file/socket I/O release the GIL, so the workers use every core. Memory
-is bounded by the number of blocks in flight, never by the disk size.
+is bounded by the number of blocks in flight, never by the disk size: the new index is
+streamed from its base (the parent's index file for an incremental, zeros for a full
+export) with the copied blocks' entries patched in (``index.build_index``).
 """
 
 from __future__ import annotations

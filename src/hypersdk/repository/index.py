@@ -49,6 +49,7 @@ def block_count(capacity: int, block_size: int) -> int:
 _WINDOW = 4096  # entries: 128 KiB
 _SUB = 64  # entries: 2 KiB
 _ZERO_WINDOW = bytes(_WINDOW * ENTRY)
+_IO_PIECE = 8 << 20  # bytes hashed at a time while reading an index
 
 
 @dataclass
@@ -80,9 +81,6 @@ class DiskIndex:
     def set(self, block: int, chunk: bytes | None) -> None:
         self.entries[block * ENTRY : (block + 1) * ENTRY] = chunk if chunk else ZERO_ENTRY
 
-    def copy(self) -> DiskIndex:
-        return DiskIndex(self.capacity, self.block_size, bytearray(self.entries))
-
     def nonzero_blocks(self) -> Iterator[int]:
         """Every block with a chunk, in disk order, skipping zero runs a window at a
         time."""
@@ -105,35 +103,6 @@ class DiskIndex:
     def encode(self) -> bytes:
         body = self._header() + bytes(self.entries)
         return body + hashlib.sha256(body).digest()
-
-    def write(self, path: Path) -> str:
-        """Create ``path`` (which must not exist, mode 0600) with the encoded index,
-        without building the file in memory; returns the file's SHA-256 (hex). The
-        caller makes it durable."""
-        header = self._header()
-        h = hashlib.sha256(header)
-        h.update(self.entries)
-        trailer = h.digest()
-        h = hashlib.sha256(header)  # the file's digest covers the trailer too
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)  # whatever the umask
-            view = memoryview(self.entries)
-            _write_all(fd, header)
-            # Hash the file in pieces as it is written: the entries are read from memory
-            # once more while still in the CPU cache.
-            for start in range(0, len(view), _IO_PIECE):
-                piece = view[start : start + _IO_PIECE]
-                h.update(piece)
-                _write_all(fd, piece)
-            h.update(trailer)
-            _write_all(fd, trailer)
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        return h.hexdigest()
 
     @classmethod
     def read(cls, path: Path, expected_sha256: str, where: str = "index") -> DiskIndex:
@@ -197,15 +166,6 @@ class DiskIndex:
         if body_digest != blob[-32:]:
             raise IntegrityError(f"{where}: checksum mismatch")
         return capacity, block_size
-
-
-_IO_PIECE = 8 << 20
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # -- building an index by streaming ---------------------------------------------------
@@ -279,7 +239,8 @@ def build_index(
     ``read_runs``, in order, set to the consecutive 32-byte entries of ``read_entries``.
     Runs are sorted, disjoint ``[first, end)`` block ranges. ``base`` is checked as it
     streams (header, trailer, the manifest's SHA-256); IntegrityError if it fails, and
-    ``dest`` is removed. Memory: two 8 MiB pieces, whatever the disk size."""
+    ``dest`` is removed. Memory: two 8 MiB pieces, whatever the disk size. All-zero
+    pieces are left as holes, so a sparse disk's index costs little space and flushing."""
     count = block_count(capacity, block_size)
     if len(read_entries) != sum(e - f for f, e in read_runs) * ENTRY:
         raise ValueError("read_entries does not match read_runs")
@@ -350,15 +311,16 @@ def build_index(
                     out[:size] = zeros[:size]
                     buf = out
                 else:
-                    # Nothing in this piece of a new index: zeros, left a hole in the file.
-                    h_new.update(zeros[:size])
+                    h_new.update(zeros[:size])  # nothing in this piece of a new index
                     continue
                 for first, end, data in patches:
                     buf[first:end] = data
                 view = memoryview(buf)[:size]
                 h_new.update(view)
-                _pwrite_all(fd, view, HEADER.size + p * ENTRY)
-                nonzero += _count_nonzero(buf, q - p)
+                found = _count_nonzero(buf, q - p)
+                if found:  # an all-zero piece stays a hole: nothing to write or flush
+                    _pwrite_all(fd, view, HEADER.size + p * ENTRY)
+                nonzero += found
                 if hashed is not None:
                     hashed.result()
         body_digest = h_new.digest()

@@ -330,23 +330,6 @@ class Repository:
             raise
         return self.layout.relative(path), built
 
-    def write_index(
-        self, vm_id: str, generation: str, disk_key: str, index: DiskIndex
-    ) -> tuple[str, str]:
-        """Write an index (not yet durable); returns its relative path and SHA-256."""
-        path = self.layout.index(vm_id, generation, disk_key)
-        make_private_dirs(path.parent)
-        make_private_dirs(self.layout.tmp)
-        # Written piece by piece, never built in memory: an index is 32 bytes a block.
-        tmp = temp_name(path, self.layout.tmp)
-        digest = index.write(tmp)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return self.layout.relative(path), digest
-
     # -- commit ------------------------------------------------------------------------
 
     def commit(self, manifest: Manifest, chunks: ChunkBatch | None = None) -> None:
