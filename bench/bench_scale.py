@@ -100,13 +100,13 @@ def child(args: argparse.Namespace) -> None:
     if args.image == "memory":
         reader = MemoryDisk(blocks)
         if args.mode == "incr":
-            reader.blocks[blocks[CHANGED_BLOCK]] = block_bytes(blocks[CHANGED_BLOCK], 1)
+            reader.blocks[blocks[CHANGED_BLOCK]] = block_bytes(blocks[CHANGED_BLOCK], args.gen)
         full_extents = [Extent(b * MIB, MIB) for b in blocks]
     else:
         if args.mode == "incr":
             with open(args.image, "r+b") as f:
                 f.seek(changed_at)
-                f.write(block_bytes(blocks[CHANGED_BLOCK], 1))
+                f.write(block_bytes(blocks[CHANGED_BLOCK], args.gen))
         reader = RawImageReader(args.image)
         full_extents = []
     vm = VmIdentity("scale", "scale", "raw", "raw:scale")
@@ -140,10 +140,12 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run(work: Path, label: str, capacity: int, data_mib: int, image: str) -> dict[str, dict]:
+    """A full export, then three 1 MiB incrementals: the best of three is reported (the
+    machine is shared; its noise only ever adds time), with the highest peak RSS."""
     repo = work / f"repo-{label}"
     out: dict[str, dict] = {}
-    for mode in ("full", "incr"):
-        cmd = [sys.executable, __file__, "--child", mode, "--repo", str(repo)]
+    for gen, mode in enumerate(("full", "incr", "incr", "incr")):
+        cmd = [sys.executable, __file__, "--child", mode, "--repo", str(repo), "--gen", str(gen)]
         cmd += ["--image", image, "--capacity", str(capacity), "--data-mib", str(data_mib)]
         os.sync()
         t0 = time.perf_counter()
@@ -151,7 +153,12 @@ def run(work: Path, label: str, capacity: int, data_mib: int, image: str) -> dic
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             sys.exit(f"{label} {mode} failed:\n{proc.stderr}")
-        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1]) | {"wall": wall}
+        got = json.loads(proc.stdout.strip().splitlines()[-1]) | {"wall": wall}
+        if mode in out:
+            best = out[mode]
+            got = got | {k: min(got[k], best[k]) for k in ("seconds", "wall")}
+            got["rss"] = max(got["rss"], best["rss"])
+        out[mode] = got
     return out
 
 
@@ -165,6 +172,7 @@ def main() -> None:
     ap.add_argument("--repo", help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     ap.add_argument("--capacity", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--gen", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         args.mode = args.child
