@@ -259,8 +259,8 @@ def build_index(
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(fd, FILE_MODE)  # whatever the umask
         _pwrite_all(fd, header, 0)
-        piece = bytearray(_PIECE * ENTRY)  # the base, as read
-        out = bytearray(_PIECE * ENTRY)  # a patched piece
+        piece = bytearray(min(_PIECE, count) * ENTRY)  # the base, as read
+        out = bytearray(len(piece))  # a patched piece
         zeros = memoryview(_ZERO_PIECE_BYTES)
         starts: list[int] = []  # entry offset in read_entries of each read run
         at = 0
