@@ -50,15 +50,18 @@ def block_bytes(block: int, generation: int) -> bytes:
 
 
 class MemoryDisk:
-    """A disk larger than any file: the data blocks from memory, zeros elsewhere."""
+    """A disk larger than any file: the data blocks made on demand, zeros elsewhere.
+    Nothing is held, so the process's peak RSS is the engine's own."""
 
-    def __init__(self, blocks: list[int]) -> None:
-        self.blocks = {b: block_bytes(b, 0) for b in blocks}
+    def __init__(self, blocks: list[int], changed: int = -1, gen: int = 0) -> None:
+        self.blocks = set(blocks)
+        self.changed, self.gen = changed, gen
 
     def pread(self, offset: int, length: int) -> bytes:
         block = offset // MIB
-        data = self.blocks.get(block)
-        return data[:length] if data is not None else bytes(length)
+        if block not in self.blocks:
+            return bytes(length)
+        return block_bytes(block, self.gen if block == self.changed else 0)[:length]
 
     def close(self) -> None:
         pass
@@ -98,9 +101,7 @@ def child(args: argparse.Namespace) -> None:
     changed_at = blocks[CHANGED_BLOCK] * MIB
     reader: RawImageReader | MemoryDisk
     if args.image == "memory":
-        reader = MemoryDisk(blocks)
-        if args.mode == "incr":
-            reader.blocks[blocks[CHANGED_BLOCK]] = block_bytes(blocks[CHANGED_BLOCK], args.gen)
+        reader = MemoryDisk(blocks, blocks[CHANGED_BLOCK], args.gen)
         full_extents = [Extent(b * MIB, MIB) for b in blocks]
     else:
         if args.mode == "incr":
