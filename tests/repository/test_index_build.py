@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,33 @@ def test_a_damaged_base_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
     # A base of another disk geometry is refused before anything is copied.
     with pytest.raises(IntegrityError, match="capacity or block size"):
         IndexSource(tmp_path / "base.idx", good, "base").check_header(base.capacity + BS, BS)
+
+
+def test_holes_in_the_base_read_as_zeros_and_damage_there_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_mod, "_PIECE", 1024)  # 32 KiB pieces: most are holes
+    monkeypatch.setattr(index_mod, "_ZERO_PIECE_BYTES", bytes(1024 * ENTRY))
+    nblocks = 20000
+    capacity = nblocks * BS
+    first = tmp_path / "first.idx"
+    built = build_index(first, capacity, BS, None, [(3, 5), (15000, 15001)], cid(1) * 3, [])
+    blob = first.read_bytes()
+    assert os.stat(first).st_blocks * 512 < len(blob) // 4  # written sparse
+    model = DiskIndex.decode(blob)
+    assert list(model.nonzero_blocks()) == [3, 4, 15000]
+    source = IndexSource(first, built.sha256, "first")
+    second = tmp_path / "second.idx"
+    build_index(second, capacity, BS, source, [(9000, 9001)], cid(2), [(4, 5)])
+    model.set(9000, cid(2))
+    model.set(4, None)
+    assert second.read_bytes() == model.encode()
+
+    # A byte written in place, mid-piece, inside what was a hole: the file stays sparse
+    # around it, and the piece must still be read.
+    with open(first, "r+b") as f:
+        f.seek(32 + 12100 * ENTRY)
+        f.write(b"\x01")
+    with pytest.raises(IntegrityError, match="does not match the checksum"):
+        build_index(tmp_path / "third.idx", capacity, BS, source, [], b"", [])
+    assert not (tmp_path / "third.idx").exists()

@@ -20,13 +20,13 @@ changed blocks replaced, so any generation restores without its ancestors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from io import FileIO
 from pathlib import Path
 
 from hypersdk.errors import IntegrityError
@@ -246,16 +246,14 @@ def build_index(
         raise ValueError("read_entries does not match read_runs")
     header = HEADER.pack(MAGIC, VERSION, HASH_SHA256, 0, block_size, 0, capacity, count)
     h_new = hashlib.sha256(header)
-    src = open(base.path, "rb", buffering=0) if base is not None else None  # noqa: SIM115
+    src = os.open(base.path, os.O_RDONLY | os.O_CLOEXEC) if base is not None else None
     fd = -1
     try:
         h_base = None
         if src is not None and base is not None:
-            first = src.read(HEADER.size)
-            _check_base_header(
-                first, os.fstat(src.fileno()).st_size, base.where, capacity, block_size
-            )
-            h_base = hashlib.sha256(first)
+            head = os.pread(src, HEADER.size, 0)
+            _check_base_header(head, os.fstat(src).st_size, base.where, capacity, block_size)
+            h_base = hashlib.sha256(head)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(fd, FILE_MODE)  # whatever the umask
         _pwrite_all(fd, header, 0)
@@ -298,8 +296,19 @@ def build_index(
                     )
                     k += 1
                 hashed = None
-                if src is not None and h_base is not None and base is not None:
-                    _read_exactly(src, memoryview(piece)[:size], base.where)
+                offset = HEADER.size + p * ENTRY
+                if src is not None and h_base is not None and _is_hole(src, offset, size):
+                    # A hole of the base reads as zeros: no read, copy or scan. (Were the
+                    # file system wrong about it, the base's checksum would fail.)
+                    hashed = pool.submit(h_base.update, zeros[:size])
+                    if not patches:
+                        h_new.update(zeros[:size])
+                        hashed.result()
+                        continue
+                    out[:size] = zeros[:size]
+                    buf = out
+                elif src is not None and h_base is not None and base is not None:
+                    _read_exactly(src, memoryview(piece)[:size], offset, base.where)
                     # The base's checksum runs on the other core meanwhile; an unpatched
                     # piece is hashed (twice, in parallel) and written as it was read.
                     hashed = pool.submit(h_base.update, memoryview(piece)[:size])
@@ -329,7 +338,7 @@ def build_index(
         _pwrite_all(fd, body_digest, end)
         os.ftruncate(fd, end + 32)
         if src is not None and h_base is not None and base is not None:
-            trailer = src.read(33)
+            trailer = os.pread(src, 33, end)
             base_body = h_base.digest()
             h_base.update(trailer)
             if h_base.hexdigest() != base.sha256:
@@ -345,7 +354,7 @@ def build_index(
         raise
     finally:
         if src is not None:
-            src.close()
+            os.close(src)
     return BuiltIndex(h_new.hexdigest(), count, count - nonzero)
 
 
@@ -370,13 +379,22 @@ def _count_nonzero(buf: bytearray, n: int) -> int:
     return sum(1 for _ in _nonzero(buf, n))
 
 
-def _read_exactly(f: FileIO, view: memoryview, where: str) -> None:
+def _read_exactly(fd: int, view: memoryview, offset: int, where: str) -> None:
     got = 0
     while got < len(view):
-        n = f.readinto(view[got:])
+        n = os.preadv(fd, [view[got:]], offset + got)
         if not n:
             raise IntegrityError(f"{where}: truncated (changed while it was read)")
         got += n
+
+
+def _is_hole(fd: int, offset: int, size: int) -> bool:
+    """Whether ``[offset, offset + size)`` of the file is a hole (reads as zeros)."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + size
+    except OSError as exc:
+        # ENXIO: no data from offset on. Anything else: no SEEK_DATA here; read it.
+        return exc.errno == errno.ENXIO
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
