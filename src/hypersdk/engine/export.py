@@ -13,7 +13,7 @@ from typing import Any
 
 from hypersdk.engine.decision import Decision, decide
 from hypersdk.engine.request import ExportHooks, ExportRequest
-from hypersdk.engine.writer import GenerationResult, GenerationWriter, bytes_to_read
+from hypersdk.engine.writer import GenerationResult, GenerationWriter, plan_disks
 from hypersdk.errors import ChangeIdInvalid, UsageError
 from hypersdk.providers.base import CbtStatus, FrozenDisk, Provider, VmIdentity
 from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL, Repository
@@ -147,11 +147,18 @@ def _copy(
     parent = decision.parent if decision is not None else None
     with provider.open_backup(since) as session:
         disks = list(session.disks)
+        # One plan per disk, shared by the progress total and the copy.
+        plans = plan_disks(disks, writer.repo.config.block_size)
         if hooks.on_plan is not None:
-            total = bytes_to_read(disks, writer.repo.config.block_size)
+            total = sum(p.read_bytes() for p in plans)
             hooks.on_plan("incremental" if parent else "full", reason, total)
         result = writer.write(
-            disks, parent=parent, reason=reason, parallel=request.parallel, hooks=hooks
+            disks,
+            parent=parent,
+            reason=reason,
+            parallel=request.parallel,
+            hooks=hooks,
+            plans=plans,
         )
     return result, disks
 

@@ -1,14 +1,16 @@
 """Write one generation of a VM into a repository.
 
-For each disk the engine starts from a base index (the parent's for an incremental, all
-zero for a full export), plans which blocks to read from the changed extents, and runs a
-bounded thread pipeline: read -> zero check -> hash -> reuse if stored and intact ->
+For each disk the engine plans which blocks to read from the changed extents (runs of
+blocks, computed once and shared with the progress total) and runs a bounded thread
+pipeline: read -> zero check -> hash -> reuse if stored and intact ->
 compress -> write. A stored chunk is reused only after its envelope check (header, length,
 CRC32C: one read, no decompression); a chunk file that fails it (a crash left its name
 over empty or zeroed bytes) is written again. New chunks get their names only after their
 bytes are durable (``ChunkBatch``).
 Hashing, zstd and file/socket I/O release the GIL, so the workers use every core. Memory
-is bounded by the number of blocks in flight, never by the disk size.
+is bounded by the number of blocks in flight, never by the disk size: the new index is
+streamed from its base (the parent's index file for an incremental, zeros for a full
+export) with the copied blocks' entries patched in (``index.build_index``).
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 
 from hypersdk import __version__
-from hypersdk.engine.plan import READ, ZERO, plan_blocks
+from hypersdk.engine.plan import READ, BlockPlan, plan_blocks
 from hypersdk.engine.request import DEFAULT_PARALLEL, ExportHooks
 from hypersdk.errors import ExportCancelled, RepositoryError
 from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.providers.factory import canonical_locator
 from hypersdk.repository.chunkstore import ChunkBatch
 from hypersdk.repository.envelope import chunk_id
-from hypersdk.repository.index import DiskIndex
+from hypersdk.repository.index import ENTRY, build_index
 from hypersdk.repository.manifest import (
     DiskRecord,
     Manifest,
@@ -79,9 +82,10 @@ class GenerationResult:
         return sum(d.bytes_stored for d in self.disks.values())
 
 
-def bytes_to_read(disks: Sequence[FrozenDisk], block_size: int) -> int:
-    """How many bytes an export of these disks will read: the progress bar's total."""
-    return sum(plan_blocks(d.capacity_bytes, block_size, d.changed).read_bytes() for d in disks)
+def plan_disks(disks: Sequence[FrozenDisk], block_size: int) -> list[BlockPlan]:
+    """Each disk's block plan, in order. Computed once per disk and shared: the progress
+    total is ``sum(p.read_bytes() for p in plans)``, and ``write`` takes the same plans."""
+    return [plan_blocks(d.capacity_bytes, block_size, d.changed) for d in disks]
 
 
 class GenerationWriter:
@@ -115,11 +119,20 @@ class GenerationWriter:
         reason: str,
         parallel: int = DEFAULT_PARALLEL,
         hooks: ExportHooks | None = None,
+        plans: Sequence[BlockPlan] | None = None,
     ) -> GenerationResult:
         """Write and commit a generation; ``parent`` makes it incremental. ``parallel``
-        comes from a checked ``ExportRequest`` (or a test); it only sizes the pool."""
+        comes from a checked ``ExportRequest`` (or a test); it only sizes the pool.
+        ``plans`` (from ``plan_disks``, one per disk) saves planning the disks again."""
         opts = _Run(parallel, hooks or ExportHooks())
         repo = self.repo
+        if plans is None:
+            plans = plan_disks(disks, repo.config.block_size)
+        elif len(plans) != len(disks) or any(
+            p.capacity != d.capacity_bytes or p.block_size != repo.config.block_size
+            for p, d in zip(plans, disks, strict=False)
+        ):
+            raise ValueError("the block plans do not match the disks")
         if parent is not None:
             self._check_parent(parent, disks)
         started = utc_now()
@@ -127,7 +140,7 @@ class GenerationWriter:
         stats: dict[str, DiskStats] = {}
         batch = repo.chunks.stage()
         try:
-            manifest = self._write(disks, parent, reason, opts, batch, stats, started, t0)
+            manifest = self._write(disks, plans, parent, reason, opts, batch, stats, started, t0)
             if opts.cancelled:
                 raise ExportCancelled("export cancelled; nothing was committed")
             repo.commit(manifest, batch)
@@ -139,6 +152,7 @@ class GenerationWriter:
     def _write(
         self,
         disks: Sequence[FrozenDisk],
+        plans: Sequence[BlockPlan],
         parent: Manifest | None,
         reason: str,
         opts: _Run,
@@ -151,14 +165,26 @@ class GenerationWriter:
         repo, block_size = self.repo, self.repo.config.block_size
         gen_id = new_generation_id(started)
         records: list[DiskRecord] = []
-        for disk in disks:
-            base = (
-                repo.load_index(parent, disk.key)
-                if parent is not None
-                else DiskIndex.empty(disk.capacity_bytes, block_size)
+        for disk, plan in zip(disks, plans, strict=True):
+            # The parent's index is checked now (header) and streamed at the end; it is
+            # never held whole in memory.
+            base = repo.index_source(parent, disk.key) if parent is not None else None
+            entries, disk_stats = _copy_disk(repo, disk, plan, opts, batch)
+            rel, built = repo.build_index(
+                self.vm.vm_id,
+                gen_id,
+                disk.key,
+                partial(
+                    build_index,
+                    capacity=disk.capacity_bytes,
+                    block_size=block_size,
+                    base=base,
+                    read_runs=plan.read,
+                    read_entries=entries,
+                    zero_runs=plan.zero,
+                ),
             )
-            index, disk_stats = _copy_disk(repo, disk, base, opts, batch)
-            rel, digest = repo.write_index(self.vm.vm_id, gen_id, disk.key, index)
+            disk_stats.zero_blocks = built.zero_blocks
             stats[disk.key] = disk_stats
             records.append(
                 DiskRecord(
@@ -166,8 +192,8 @@ class GenerationWriter:
                     capacity_bytes=disk.capacity_bytes,
                     change_id=disk.change_id,
                     index=rel,
-                    index_sha256=digest,
-                    blocks=index.blocks,
+                    index_sha256=built.sha256,
+                    blocks=built.blocks,
                     zero_blocks=disk_stats.zero_blocks,
                     bytes_read=disk_stats.bytes_read,
                     bytes_stored=disk_stats.bytes_stored,
@@ -224,14 +250,19 @@ class GenerationWriter:
 
 
 def _copy_disk(
-    repo: Repository, disk: FrozenDisk, base: DiskIndex, opts: _Run, batch: ChunkBatch
-) -> tuple[DiskIndex, DiskStats]:
+    repo: Repository,
+    disk: FrozenDisk,
+    plan: BlockPlan,
+    opts: _Run,
+    batch: ChunkBatch,
+) -> tuple[bytearray, DiskStats]:
+    """Read and store the plan's blocks; returns their index entries (32 bytes each, in
+    the order of ``plan.read``) and the counters. Only the planned blocks are visited,
+    never the whole disk."""
     block_size = repo.config.block_size
-    plan = plan_blocks(disk.capacity_bytes, block_size, disk.changed)
-    index = base.copy()
     stats = DiskStats()
-    for block in plan.blocks(ZERO):
-        index.set(block, None)
+    entries = bytearray(plan.count(READ) * ENTRY)
+    slot = 0  # results are collected in submission order: disk order
 
     zero_block = bytes(block_size)
     seen: set[bytes] = set()
@@ -265,9 +296,12 @@ def _copy_disk(
         return block, cid, len(sealed), 1 if stored is None else 2
 
     def collect(fut: Future[tuple[int, bytes | None, int, int]]) -> None:
+        nonlocal slot
         block, cid, stored, new = fut.result()  # re-raises a worker's error
         length = plan.length(block)
-        index.set(block, cid)
+        if cid is not None:
+            entries[slot * ENTRY : (slot + 1) * ENTRY] = cid
+        slot += 1
         stats.bytes_read += length
         if cid is None:
             pass
@@ -297,5 +331,4 @@ def _copy_disk(
             for fut in pending:
                 fut.cancel()
             raise
-    stats.zero_blocks = index.zero_blocks()
-    return index, stats
+    return entries, stats

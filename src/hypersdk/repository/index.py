@@ -20,12 +20,17 @@ changed blocks replaced, so any generation restores without its ancestors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypersdk.errors import IntegrityError
+from hypersdk.repository.files import FILE_MODE
 
 MAGIC = b"HSIX"
 VERSION = 1
@@ -39,8 +44,19 @@ def block_count(capacity: int, block_size: int) -> int:
     return -(-capacity // block_size)
 
 
+# Scan granularity of ``nonzero_blocks``: a run of zero entries this long is skipped with
+# one memcmp, so a sparse disk's index is walked at memory speed, not block by block.
+_WINDOW = 4096  # entries: 128 KiB
+_SUB = 64  # entries: 2 KiB
+_ZERO_WINDOW = bytes(_WINDOW * ENTRY)
+_IO_PIECE = 8 << 20  # bytes hashed at a time while reading an index
+
+
 @dataclass
 class DiskIndex:
+    """The entries of one index in a single buffer (32 bytes a block, as on disk): no
+    Python object per block, and every scan over it runs in C."""
+
     capacity: int
     block_size: int
     entries: bytearray
@@ -65,29 +81,72 @@ class DiskIndex:
     def set(self, block: int, chunk: bytes | None) -> None:
         self.entries[block * ENTRY : (block + 1) * ENTRY] = chunk if chunk else ZERO_ENTRY
 
-    def copy(self) -> DiskIndex:
-        return DiskIndex(self.capacity, self.block_size, bytearray(self.entries))
+    def nonzero_blocks(self) -> Iterator[int]:
+        """Every block with a chunk, in disk order, skipping zero runs a window at a
+        time."""
+        return _nonzero(self.entries, self.blocks)
 
     def chunks(self) -> Iterator[tuple[int, bytes]]:
         """(block, chunk id) for every non-zero block, in disk order."""
-        view = memoryview(self.entries)
-        for block in range(self.blocks):
-            raw = view[block * ENTRY : (block + 1) * ENTRY]
-            if raw != ZERO_ENTRY:
-                yield block, bytes(raw)
+        buf = self.entries
+        for block in self.nonzero_blocks():
+            yield block, bytes(buf[block * ENTRY : (block + 1) * ENTRY])
 
     def zero_blocks(self) -> int:
-        return sum(1 for b in range(self.blocks) if self.get(b) is None)
+        return self.blocks - sum(1 for _ in self.nonzero_blocks())
 
-    def encode(self) -> bytes:
-        header = HEADER.pack(
+    def _header(self) -> bytes:
+        return HEADER.pack(
             MAGIC, VERSION, HASH_SHA256, 0, self.block_size, 0, self.capacity, self.blocks
         )
-        body = header + bytes(self.entries)
+
+    def encode(self) -> bytes:
+        body = self._header() + bytes(self.entries)
         return body + hashlib.sha256(body).digest()
 
     @classmethod
+    def read(cls, path: Path, expected_sha256: str, where: str = "index") -> DiskIndex:
+        """Read and check an index file: its SHA-256 must be ``expected_sha256`` (the
+        manifest's), then every check of ``decode``. The file is read into one buffer
+        that becomes the entries (no copy); it is hashed once for both checksums."""
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = bytearray(size)
+            view = memoryview(buf)
+            got = 0
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            view.release()
+        if got != size:
+            raise IntegrityError(f"{where}: changed while it was read")
+        h = hashlib.sha256()
+        body_end = max(size - 32, 0)
+        with memoryview(buf) as view:
+            for start in range(0, body_end, _IO_PIECE):
+                h.update(view[start : min(start + _IO_PIECE, body_end)])
+            body_digest = h.digest()
+            h.update(view[body_end:])
+        if h.hexdigest() != expected_sha256:
+            raise IntegrityError(f"{where}: does not match the checksum in the manifest")
+        capacity, block_size = cls._check(buf, where, body_digest)
+        # Both deletions are O(1) on a bytearray: the tail shrinks in place, the head
+        # moves the buffer's start.
+        del buf[-32:]
+        del buf[: HEADER.size]
+        return cls(capacity, block_size, buf)
+
+    @classmethod
     def decode(cls, blob: bytes, where: str = "index") -> DiskIndex:
+        capacity, block_size = cls._check(blob, where, hashlib.sha256(blob[:-32]).digest())
+        return cls(capacity, block_size, bytearray(blob[HEADER.size : -32]))
+
+    @staticmethod
+    def _check(blob: bytes | bytearray, where: str, body_digest: bytes) -> tuple[int, int]:
+        """Check an encoded index whose bytes before the trailer hash to ``body_digest``;
+        returns (capacity, block size)."""
         if len(blob) < HEADER.size + 32:
             raise IntegrityError(f"{where}: truncated ({len(blob)} bytes)")
         magic, version, algo, res1, block_size, res2, capacity, count = HEADER.unpack_from(blob)
@@ -104,6 +163,243 @@ class DiskIndex:
         expected = HEADER.size + count * ENTRY + 32
         if len(blob) != expected:
             raise IntegrityError(f"{where}: truncated ({len(blob)} of {expected} bytes)")
-        if hashlib.sha256(blob[:-32]).digest() != blob[-32:]:
+        if body_digest != blob[-32:]:
             raise IntegrityError(f"{where}: checksum mismatch")
-        return cls(capacity, block_size, bytearray(blob[HEADER.size : -32]))
+        return capacity, block_size
+
+
+# -- building an index by streaming ---------------------------------------------------
+#
+# An export never holds a whole index: at 32 bytes a block a 62 TiB disk's index is
+# 2 GiB. It streams the base (the parent's index file, or zeros) through a fixed buffer,
+# patches the few entries the export changed, and writes, hashes and counts each piece.
+
+_PIECE = 262144  # entries a piece: 8 MiB
+_ZERO_PIECE_BYTES = bytes(_PIECE * ENTRY)
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """A stored index an export builds on: its file, the SHA-256 its manifest records
+    and the name errors give it. Nothing is trusted before ``build_index`` checked it."""
+
+    path: Path
+    sha256: str
+    where: str
+
+    def check_header(self, capacity: int, block_size: int) -> None:
+        """Refuse early (before any data is copied) an index of another disk geometry,
+        a damaged header or a wrong size; the checksums are checked while it streams."""
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                header = f.read(HEADER.size)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            raise IntegrityError(f"{self.where}: missing") from None
+        _check_base_header(header, size, self.where, capacity, block_size)
+
+
+def _check_base_header(
+    header: bytes, size: int, where: str, capacity: int, block_size: int
+) -> None:
+    if len(header) < HEADER.size:
+        raise IntegrityError(f"{where}: truncated ({size} bytes)")
+    magic, version, algo, res1, bsize, res2, cap, count = HEADER.unpack_from(header)
+    if magic != MAGIC:
+        raise IntegrityError(f"{where}: bad magic {magic!r}")
+    if version != VERSION:
+        raise IntegrityError(f"{where}: unsupported index version {version}")
+    if algo != HASH_SHA256 or res1 or res2:
+        raise IntegrityError(f"{where}: corrupt header")
+    if (cap, bsize) != (capacity, block_size) or count != block_count(capacity, block_size):
+        raise IntegrityError(f"{where}: capacity or block size differs from the manifest")
+    expected = HEADER.size + count * ENTRY + 32
+    if size != expected:
+        raise IntegrityError(f"{where}: truncated ({size} of {expected} bytes)")
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    sha256: str  # of the whole file, as the manifest records it
+    blocks: int
+    zero_blocks: int
+
+
+def build_index(
+    dest: Path,
+    capacity: int,
+    block_size: int,
+    base: IndexSource | None,
+    read_runs: list[tuple[int, int]],
+    read_entries: bytes | bytearray,
+    zero_runs: list[tuple[int, int]],
+) -> BuiltIndex:
+    """Create ``dest`` (mode 0600; the caller renames it and makes it durable): ``base``
+    (None: all zero) with the blocks of ``zero_runs`` zeroed and the blocks of
+    ``read_runs``, in order, set to the consecutive 32-byte entries of ``read_entries``.
+    Runs are sorted, disjoint ``[first, end)`` block ranges. ``base`` is checked as it
+    streams (header, trailer, the manifest's SHA-256); IntegrityError if it fails, and
+    ``dest`` is removed. Memory: two 8 MiB pieces, whatever the disk size. All-zero
+    pieces are left as holes, so a sparse disk's index costs little space and flushing."""
+    count = block_count(capacity, block_size)
+    if len(read_entries) != sum(e - f for f, e in read_runs) * ENTRY:
+        raise ValueError("read_entries does not match read_runs")
+    header = HEADER.pack(MAGIC, VERSION, HASH_SHA256, 0, block_size, 0, capacity, count)
+    h_new = hashlib.sha256(header)
+    src = os.open(base.path, os.O_RDONLY | os.O_CLOEXEC) if base is not None else None
+    fd = -1
+    try:
+        h_base = None
+        if src is not None and base is not None:
+            head = os.pread(src, HEADER.size, 0)
+            _check_base_header(head, os.fstat(src).st_size, base.where, capacity, block_size)
+            h_base = hashlib.sha256(head)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+        _pwrite_all(fd, header, 0)
+        piece = bytearray(min(_PIECE, count) * ENTRY)  # the base, as read
+        out = bytearray(len(piece))  # a patched piece
+        zeros = memoryview(_ZERO_PIECE_BYTES)
+        starts: list[int] = []  # entry offset in read_entries of each read run
+        at = 0
+        for f, e in read_runs:
+            starts.append(at)
+            at += e - f
+        ri = zi = 0
+        nonzero = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="index-hash") as pool:
+            for p in range(0, count, _PIECE):
+                q = min(p + _PIECE, count)
+                size = (q - p) * ENTRY
+                # This piece's patches: (first, end, replacement) in piece-relative bytes.
+                patches: list[tuple[int, int, bytes | bytearray | memoryview]] = []
+                while zi < len(zero_runs) and zero_runs[zi][1] <= p:
+                    zi += 1
+                k = zi
+                while src is not None and k < len(zero_runs) and zero_runs[k][0] < q:
+                    a, b = max(zero_runs[k][0], p), min(zero_runs[k][1], q)
+                    patches.append(((a - p) * ENTRY, (b - p) * ENTRY, zeros[: (b - a) * ENTRY]))
+                    k += 1
+                while ri < len(read_runs) and read_runs[ri][1] <= p:
+                    ri += 1
+                k = ri
+                while k < len(read_runs) and read_runs[k][0] < q:
+                    f, e = read_runs[k]
+                    a, b = max(f, p), min(e, q)
+                    s = starts[k] + a - f
+                    patches.append(
+                        (
+                            (a - p) * ENTRY,
+                            (b - p) * ENTRY,
+                            read_entries[s * ENTRY : (s + b - a) * ENTRY],
+                        )
+                    )
+                    k += 1
+                hashed = None
+                offset = HEADER.size + p * ENTRY
+                if src is not None and h_base is not None and _is_hole(src, offset, size):
+                    # A hole of the base reads as zeros: no read, copy or scan. (Were the
+                    # file system wrong about it, the base's checksum would fail.)
+                    hashed = pool.submit(h_base.update, zeros[:size])
+                    if not patches:
+                        h_new.update(zeros[:size])
+                        hashed.result()
+                        continue
+                    out[:size] = zeros[:size]
+                    buf = out
+                elif src is not None and h_base is not None and base is not None:
+                    _read_exactly(src, memoryview(piece)[:size], offset, base.where)
+                    # The base's checksum runs on the other core meanwhile; an unpatched
+                    # piece is hashed (twice, in parallel) and written as it was read.
+                    hashed = pool.submit(h_base.update, memoryview(piece)[:size])
+                    buf = piece
+                    if patches:
+                        out[:size] = memoryview(piece)[:size]
+                        buf = out
+                elif patches:
+                    out[:size] = zeros[:size]
+                    buf = out
+                else:
+                    h_new.update(zeros[:size])  # nothing in this piece of a new index
+                    continue
+                for first, end, data in patches:
+                    buf[first:end] = data
+                view = memoryview(buf)[:size]
+                h_new.update(view)
+                found = _count_nonzero(buf, q - p)
+                if found:  # an all-zero piece stays a hole: nothing to write or flush
+                    _pwrite_all(fd, view, HEADER.size + p * ENTRY)
+                nonzero += found
+                if hashed is not None:
+                    hashed.result()
+        body_digest = h_new.digest()
+        h_new.update(body_digest)
+        end = HEADER.size + count * ENTRY
+        _pwrite_all(fd, body_digest, end)
+        os.ftruncate(fd, end + 32)
+        if src is not None and h_base is not None and base is not None:
+            trailer = os.pread(src, 33, end)
+            base_body = h_base.digest()
+            h_base.update(trailer)
+            if h_base.hexdigest() != base.sha256:
+                raise IntegrityError(f"{base.where}: does not match the checksum in the manifest")
+            if len(trailer) != 32 or trailer != base_body:
+                raise IntegrityError(f"{base.where}: checksum mismatch")
+        os.close(fd)
+        fd = -1
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+            dest.unlink(missing_ok=True)
+        raise
+    finally:
+        if src is not None:
+            os.close(src)
+    return BuiltIndex(h_new.hexdigest(), count, count - nonzero)
+
+
+def _nonzero(buf: bytearray, n: int) -> Iterator[int]:
+    """The non-zero entries among the first ``n`` of ``buf``, in order. Zero entries are
+    skipped a window at a time with one comparison (a bytearray slice compares with
+    memcmp), so the cost follows the data, not the disk size."""
+    for w in range(0, n, _WINDOW):
+        w_end = min(w + _WINDOW, n)
+        if buf[w * ENTRY : w_end * ENTRY] == _ZERO_WINDOW[: (w_end - w) * ENTRY]:
+            continue
+        for s in range(w, w_end, _SUB):
+            s_end = min(s + _SUB, w_end)
+            if buf[s * ENTRY : s_end * ENTRY] == _ZERO_WINDOW[: (s_end - s) * ENTRY]:
+                continue
+            for block in range(s, s_end):
+                if buf[block * ENTRY : (block + 1) * ENTRY] != ZERO_ENTRY:
+                    yield block
+
+
+def _count_nonzero(buf: bytearray, n: int) -> int:
+    return sum(1 for _ in _nonzero(buf, n))
+
+
+def _read_exactly(fd: int, view: memoryview, offset: int, where: str) -> None:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            raise IntegrityError(f"{where}: truncated (changed while it was read)")
+        got += n
+
+
+def _is_hole(fd: int, offset: int, size: int) -> bool:
+    """Whether ``[offset, offset + size)`` of the file is a hole (reads as zeros)."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + size
+    except OSError as exc:
+        # ENXIO: no data from offset on. Anything else: no SEEK_DATA here; read it.
+        return exc.errno == errno.ENXIO
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n

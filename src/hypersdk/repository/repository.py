@@ -13,12 +13,11 @@ it (for verify), and only asking for that very generation raises an IntegrityErr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,12 +31,13 @@ from hypersdk.repository.files import (
     fsync_dir,
     make_private_dirs,
     sync_filesystem,
+    temp_name,
     write_atomic,
 )
-from hypersdk.repository.index import DiskIndex
+from hypersdk.repository.index import BuiltIndex, DiskIndex, IndexSource
 from hypersdk.repository.layout import Layout, safe_name
 from hypersdk.repository.locks import hold
-from hypersdk.repository.manifest import Manifest, iso, utc_now
+from hypersdk.repository.manifest import DiskRecord, Manifest, iso, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,25 @@ class Repository:
     # -- indexes ----------------------------------------------------------------------
 
     def load_index(self, manifest: Manifest, disk_key: str) -> DiskIndex:
+        source, record = self._index_file(manifest, disk_key)
+        try:
+            index = DiskIndex.read(source.path, source.sha256, source.where)
+        except FileNotFoundError:
+            raise IntegrityError(f"{source.where}: missing ({record.index})") from None
+        if index.capacity != record.capacity_bytes or index.block_size != manifest.block_size:
+            raise IntegrityError(
+                f"{source.where}: capacity or block size differs from the manifest"
+            )
+        return index
+
+    def index_source(self, manifest: Manifest, disk_key: str) -> IndexSource:
+        """A generation's index for ``build_index`` to stream from: its header is
+        checked now, its checksums as it streams."""
+        source, record = self._index_file(manifest, disk_key)
+        source.check_header(record.capacity_bytes, manifest.block_size)
+        return source
+
+    def _index_file(self, manifest: Manifest, disk_key: str) -> tuple[IndexSource, DiskRecord]:
         record = manifest.disk(disk_key)
         if record is None:
             keys = ", ".join(d.key for d in manifest.disks)
@@ -288,27 +307,28 @@ class Repository:
         if record.index != self.layout.relative(path):
             # Never follow a path read from a file anywhere else (e.g. "../../etc/x").
             raise IntegrityError(f"{where}: the manifest names it at {record.index!r}")
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            raise IntegrityError(f"{where}: missing ({record.index})") from None
-        if hashlib.sha256(blob).hexdigest() != record.index_sha256:
-            raise IntegrityError(f"{where}: does not match the checksum in the manifest")
-        index = DiskIndex.decode(blob, where)
-        if index.capacity != record.capacity_bytes or index.block_size != manifest.block_size:
-            raise IntegrityError(f"{where}: capacity or block size differs from the manifest")
-        return index
+        return IndexSource(path, record.index_sha256, where), record
 
-    def write_index(
-        self, vm_id: str, generation: str, disk_key: str, index: DiskIndex
-    ) -> tuple[str, str]:
-        """Write an index (not yet durable); returns its relative path and SHA-256."""
+    def build_index(
+        self,
+        vm_id: str,
+        generation: str,
+        disk_key: str,
+        build: Callable[[Path], BuiltIndex],
+    ) -> tuple[str, BuiltIndex]:
+        """Write an index (not yet durable) that ``build`` streams into a temp file
+        (``index.build_index``); returns its relative path and what ``build`` returned."""
         path = self.layout.index(vm_id, generation, disk_key)
         make_private_dirs(path.parent)
         make_private_dirs(self.layout.tmp)
-        blob = index.encode()
-        write_atomic(path, blob, self.layout.tmp, durable=False)
-        return self.layout.relative(path), hashlib.sha256(blob).hexdigest()
+        tmp = temp_name(path, self.layout.tmp)
+        built = build(tmp)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self.layout.relative(path), built
 
     # -- commit ------------------------------------------------------------------------
 

@@ -207,22 +207,40 @@ def _write_raw(
             return length
 
         pending: deque[Future[int]] = deque()
+
+        def submit(block: int, cid: bytes | None) -> None:
+            nonlocal written
+            if cancel is not None and cancel.is_set():
+                raise ExportCancelled("restore cancelled; the partial output was removed")
+            pending.append(pool.submit(work, block, cid))
+            if len(pending) >= parallel * 2:
+                done = pending.popleft().result()
+                written += done
+                if progress is not None:
+                    progress(done)
+
+        def zeros(first: int, end: int) -> None:
+            """Blocks ``[first, end)`` are zero: a hole in a sparse file (one progress
+            step for the whole run, no per-block work), zeros written on a device."""
+            if first >= end:
+                return
+            if sparse:
+                if progress is not None:
+                    progress(min(end * block_size, index.capacity) - first * block_size)
+                return
+            for block in range(first, end):
+                submit(block, None)
+
         with ThreadPoolExecutor(parallel, thread_name_prefix="restore") as pool:
             try:
-                for block in range(index.blocks):
-                    if cancel is not None and cancel.is_set():
-                        raise ExportCancelled("restore cancelled; the partial output was removed")
-                    cid = index.get(block)
-                    if cid is None and sparse:
-                        if progress is not None:
-                            progress(index.block_length(block))
-                        continue
-                    pending.append(pool.submit(work, block, cid))
-                    if len(pending) >= parallel * 2:
-                        done = pending.popleft().result()
-                        written += done
-                        if progress is not None:
-                            progress(done)
+                # Only the blocks with a chunk are visited one by one: the index scan
+                # skips runs of zero entries, so a sparse disk costs what its data costs.
+                after = 0
+                for block, cid in index.chunks():
+                    zeros(after, block)
+                    submit(block, cid)
+                    after = block + 1
+                zeros(after, index.blocks)
                 while pending:
                     done = pending.popleft().result()
                     written += done
