@@ -34,6 +34,7 @@ bench:
 	$(VENV)/python bench/bench_repository.py
 	$(VENV)/python bench/bench_qemu.py
 	$(VENV)/python bench/bench_vsphere.py
+	$(VENV)/python bench/bench_scale.py
 	$(VENV)/python bench/bench_peers.py
 
 clean:

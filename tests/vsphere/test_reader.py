@@ -65,7 +65,7 @@ def test_one_tls_handshake_per_thread_and_large_ranges(
         before = handshakes  # the SOAP login's are not the reader's
         (disk,) = session.disks
         plan = plan_blocks(disk.capacity_bytes, MiB, disk.changed)
-        blocks = plan.blocks(READ)
+        blocks = list(plan.blocks(READ))
         assert disk.changed is None and len(blocks) == 64  # no CBT: every block
         got = _read_like_the_engine(disk.reader, blocks, MiB, 3, disk.capacity_bytes)
         assert all(got[b] == content[b * MiB : (b + 1) * MiB] for b in blocks)
@@ -94,7 +94,7 @@ def test_coalesced_reads_are_the_flat_file_for_random_block_sets(
         ext = Extent(off, rng.randrange(1, min(cap - off, 3 * MiB) + 1), zero=rng.random() < 0.3)
         extents.append(ext)
     extents.sort(key=lambda e: e.offset)
-    planned = plan_blocks(cap, block, extents).blocks(READ)
+    planned = list(plan_blocks(cap, block, extents).blocks(READ))
     with provider_for(VM).open_backup(None) as session:
         (disk,) = session.disks
         client = _reader.make_client(
