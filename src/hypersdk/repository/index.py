@@ -149,13 +149,7 @@ class DiskIndex:
         returns (capacity, block size)."""
         if len(blob) < HEADER.size + 32:
             raise IntegrityError(f"{where}: truncated ({len(blob)} bytes)")
-        magic, version, algo, res1, block_size, res2, capacity, count = HEADER.unpack_from(blob)
-        if magic != MAGIC:
-            raise IntegrityError(f"{where}: bad magic {magic!r}")
-        if version != VERSION:
-            raise IntegrityError(f"{where}: unsupported index version {version}")
-        if algo != HASH_SHA256 or res1 or res2:
-            raise IntegrityError(f"{where}: corrupt header")
+        capacity, block_size, count = _header_fields(blob, where)
         if block_size <= 0 or block_size & (block_size - 1):
             raise IntegrityError(f"{where}: block size {block_size} is not a power of two")
         if count != block_count(capacity, block_size):
@@ -166,6 +160,19 @@ class DiskIndex:
         if body_digest != blob[-32:]:
             raise IntegrityError(f"{where}: checksum mismatch")
         return capacity, block_size
+
+
+def _header_fields(blob: bytes | bytearray, where: str) -> tuple[int, int, int]:
+    """(capacity, block size, block count) of a header whose magic, version, hash
+    algorithm and reserved fields are right; IntegrityError before anything else is read."""
+    magic, version, algo, res1, block_size, res2, capacity, count = HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise IntegrityError(f"{where}: bad magic {magic!r}")
+    if version != VERSION:
+        raise IntegrityError(f"{where}: unsupported index version {version}")
+    if algo != HASH_SHA256 or res1 or res2:
+        raise IntegrityError(f"{where}: corrupt header")
+    return capacity, block_size, count
 
 
 # -- building an index by streaming ---------------------------------------------------
@@ -204,13 +211,7 @@ def _check_base_header(
 ) -> None:
     if len(header) < HEADER.size:
         raise IntegrityError(f"{where}: truncated ({size} bytes)")
-    magic, version, algo, res1, bsize, res2, cap, count = HEADER.unpack_from(header)
-    if magic != MAGIC:
-        raise IntegrityError(f"{where}: bad magic {magic!r}")
-    if version != VERSION:
-        raise IntegrityError(f"{where}: unsupported index version {version}")
-    if algo != HASH_SHA256 or res1 or res2:
-        raise IntegrityError(f"{where}: corrupt header")
+    cap, bsize, count = _header_fields(header, where)
     if (cap, bsize) != (capacity, block_size) or count != block_count(capacity, block_size):
         raise IntegrityError(f"{where}: capacity or block size differs from the manifest")
     expected = HEADER.size + count * ENTRY + 32
