@@ -14,17 +14,11 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
+from hypersdk.engine.request import size_text
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # Digits with an optional decimal part, then an optional unit: "4096", "64K", "1.5M", "1GiB".
 _SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,9})?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-
-
-def size_text(n: int) -> str:
-    """The shortest exact way to write ``n`` bytes with a unit: 65536 -> '64K'."""
-    for unit in ("T", "G", "M", "K"):
-        if n and n % _UNITS[unit] == 0:
-            return f"{n // _UNITS[unit]}{unit}"
-    return str(n)
 
 
 def parse_size(text: str) -> int:

@@ -82,8 +82,10 @@ class ExportHooks:
     cancel: threading.Event | None = None  # checked between blocks
 
 
-def _size(n: int) -> str:
-    for unit, shift in (("M", 20), ("K", 10)):
+def size_text(n: int) -> str:
+    """The shortest exact way to write ``n`` bytes with a unit, as messages show sizes
+    (65536 -> '64K'); the CLI's own size messages use it too."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
     return str(n)
@@ -101,19 +103,16 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> None:
 
 
 def _check_block_size(value: object) -> None:
-    ok = (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and MIN_BLOCK_SIZE <= value <= MAX_BLOCK_SIZE
-        and value & (value - 1) == 0
+    shown: object = value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if MIN_BLOCK_SIZE <= value <= MAX_BLOCK_SIZE and value & (value - 1) == 0:
+            return
+        shown = size_text(value)
+    raise InvalidField(
+        "block_size",
+        f"must be a power of two from {size_text(MIN_BLOCK_SIZE)} to "
+        f"{size_text(MAX_BLOCK_SIZE)}, not {shown}",
     )
-    if not ok:
-        shown = _size(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        raise InvalidField(
-            "block_size",
-            f"must be a power of two from {_size(MIN_BLOCK_SIZE)} to {_size(MAX_BLOCK_SIZE)}, "
-            f"not {shown}",
-        )
 
 
 def _check_age(value: object) -> None:
