@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypersdk.engine.writer import GenerationWriter, plan_disks
 from hypersdk.providers.base import Extent, FrozenDisk, VmIdentity
-from hypersdk.providers.raw import RawImageReader
+from hypersdk.providers.raw import RawImageReader, data_extents
 from hypersdk.repository.repository import Repository
 
 MIB = 1 << 20
@@ -75,25 +75,6 @@ def make_image(path: Path, capacity: int, blocks: list[int]) -> None:
             f.write(block_bytes(b, 0))
 
 
-def allocated(path: Path, capacity: int) -> list[Extent]:
-    """The image's data extents (SEEK_DATA/SEEK_HOLE): what a full export reads."""
-    out: list[Extent] = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pos = 0
-        while pos < capacity:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            out.append(Extent(start, end - start))
-            pos = end
-    finally:
-        os.close(fd)
-    return out
-
-
 def child(args: argparse.Namespace) -> None:
     """One export in this process; prints a JSON line with its time and peak RSS."""
     repo = Repository.open_or_init(Path(args.repo))
@@ -118,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
     elif args.image == "memory":
         changed = full_extents
     else:
-        changed = allocated(Path(args.image), args.capacity)
+        changed = data_extents(args.image, args.capacity)
     disk = FrozenDisk("disk-0", args.capacity, "c", changed, reader)
     with GenerationWriter(repo, vm) as w:
         plans = plan_disks([disk], repo.config.block_size)  # the progress total, as export does

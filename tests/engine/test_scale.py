@@ -4,7 +4,6 @@ blocks exports full and incremental without holding its index, and restores exac
 from __future__ import annotations
 
 import hashlib
-import os
 import tracemalloc
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from hypersdk.engine.plan import KEEP, READ, ZERO, plan_blocks
 from hypersdk.errors import IntegrityError
 from hypersdk.providers.base import Extent
+from hypersdk.providers.raw import data_extents
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
 from tests.chain import export
@@ -66,20 +66,7 @@ def block(n: int, gen: int) -> bytes:
 
 def allocated(path: Path) -> list[tuple[int, int]]:
     """The file's data extents: a restore writes holes for zero blocks."""
-    out = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pos, size = 0, os.fstat(fd).st_size
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            pos = os.lseek(fd, start, os.SEEK_HOLE)
-            out.append((start, pos))
-    finally:
-        os.close(fd)
-    return out
+    return [(e.offset, e.end) for e in data_extents(path)]
 
 
 def test_a_1_tib_sparse_disk_costs_what_its_data_costs(tmp_path: Path) -> None:
