@@ -33,7 +33,6 @@ from hypersdk.errors import ExportCancelled, RepositoryError
 from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.providers.factory import canonical_locator
 from hypersdk.repository.chunkstore import ChunkBatch
-from hypersdk.repository.envelope import chunk_id
 from hypersdk.repository.index import ENTRY, build_index
 from hypersdk.repository.manifest import (
     DiskRecord,
@@ -279,7 +278,7 @@ def _copy_disk(
             )
         if data == (zero_block if length == block_size else bytes(length)):
             return block, None, 0, 0
-        cid = chunk_id(data)
+        cid = repo.codec.chunk_id(data)
         with seen_lock:
             claimed = cid in seen
             seen.add(cid)

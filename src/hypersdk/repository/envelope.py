@@ -82,6 +82,12 @@ class Codec:
             self._local.zd = d
         return d
 
+    def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
+        """The name this repository gives a chunk. Every caller names chunks through the
+        repository's codec, never through the module function, so a repository can
+        choose how it names them (an encrypted one uses a keyed hash)."""
+        return chunk_id(plaintext)
+
     def seal(self, plaintext: bytes) -> bytes:
         """Header + payload. Falls back to no compression when it would not shrink."""
         method = self.compression
@@ -112,7 +118,7 @@ class Codec:
             raise IntegrityError(f"{where}: cannot decompress ({exc})") from exc
         if len(plaintext) != plain_len:
             raise IntegrityError(f"{where}: decoded {len(plaintext)} bytes, expected {plain_len}")
-        if chunk_id(plaintext) != expected_id:
+        if self.chunk_id(plaintext) != expected_id:
             raise IntegrityError(f"{where}: content does not match its hash")
         return plaintext
 
