@@ -30,6 +30,7 @@ RESPONSES = {
     "ErrorBody": "ErrorInfo",
     "ErrorResponse": "ErrorResponse",
     "Generation": "Generation",
+    "GenerationAudit": "GenerationAudit",
     "GenerationDisk": "GenerationDisk",
     "GenerationList": "GenerationList",
     "Health": "HealthResponse",

@@ -24,6 +24,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("incremental", "yes", "must be true or false"),
     ("incremental", 1, "must be true or false"),
     ("force_full", None, "must be true or false"),
+    ("audit", "yes", "must be true or false"),
     ("compression", "gzip", "must be one of zstd, lz4, none"),
     ("compression", "ZSTD", "must be one of zstd, lz4, none"),
     ("compression_level", 0, "from 1 to 22"),

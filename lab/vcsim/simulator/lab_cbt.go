@@ -85,6 +85,9 @@ type LabConfig struct {
 	// CBTNeedsStun: enabling CBT on a powered-on VM takes effect at the next
 	// stun/unstun (snapshot create, power on); until then disks have no change id.
 	CBTNeedsStun bool `json:"cbt_needs_stun"`
+	// DropChangedArea simulates a CBT bug (ESXi has shipped some): every answer to a
+	// query with a real change id leaves out its first changed area.
+	DropChangedArea bool `json:"drop_changed_area"`
 }
 
 type labTracker struct {
@@ -927,6 +930,9 @@ func labQuery(vm *VirtualMachine, req *types.QueryChangedDiskAreas) (*types.Disk
 		}
 	}
 
+	if Lab.cfg.DropChangedArea && base != nil && req.StartOffset == 0 && len(areas) > 0 {
+		areas = areas[1:]
+	}
 	info := &types.DiskChangeInfo{StartOffset: req.StartOffset, Length: capacity - req.StartOffset}
 	if max := Lab.cfg.MaxChangedAreas; max > 0 && len(areas) > max {
 		areas = areas[:max]

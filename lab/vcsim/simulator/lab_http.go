@@ -169,6 +169,7 @@ func labServe(w http.ResponseWriter, r *http.Request) {
 			MaxChangedAreas *int  `json:"max_changed_areas"`
 			MaxEpochs       *int  `json:"max_epochs"`
 			CBTNeedsStun    *bool `json:"cbt_needs_stun"`
+			DropChangedArea *bool `json:"drop_changed_area"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			labReply(w, nil, labErr(http.StatusBadRequest, "invalid JSON: %s", err))
@@ -192,6 +193,9 @@ func labServe(w http.ResponseWriter, r *http.Request) {
 		}
 		if req.CBTNeedsStun != nil {
 			Lab.cfg.CBTNeedsStun = *req.CBTNeedsStun
+		}
+		if req.DropChangedArea != nil {
+			Lab.cfg.DropChangedArea = *req.DropChangedArea
 		}
 		cfg := Lab.cfg
 		Lab.mu.Unlock()

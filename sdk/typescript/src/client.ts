@@ -175,6 +175,7 @@ export class HyperSDK {
         block_size: options.blockSize,
         parallel: options.parallel,
         max_incremental_age_days: options.maxIncrementalAgeDays,
+        audit: options.audit,
       },
     });
   }

@@ -229,7 +229,20 @@ export interface Generation {
   bytes_read: number;
   bytes_stored: number;
   disks: GenerationDisk[];
+  /** The CBT audit this generation made (`hyperexport --audit`); null when none. */
+  audit?: GenerationAudit | null;
+  /** A later CBT audit found blocks that tracking missed since this generation. */
+  suspect?: boolean;
   [field: string]: unknown;
+}
+
+/** `Generation.audit` */
+export interface GenerationAudit {
+  performed: boolean;
+  previous: string | null;
+  clean: boolean;
+  blocks_checked: number;
+  blocks_missed: number;
 }
 
 /** `GET /generations` */
@@ -266,6 +279,8 @@ export interface ExportOptions {
   blockSize?: number;
   parallel?: number;
   maxIncrementalAgeDays?: number;
+  /** Read every block and report the blocks CBT missed since the previous generation. */
+  audit?: boolean;
 }
 
 /** `listExports` filters (query parameters of `GET /exports`). */

@@ -79,8 +79,11 @@ class HyperSDK:
         compression_level: int | None = None,
         block_size: int | None = None,
         max_incremental_age_days: float | None = None,
+        audit: bool = False,
     ) -> dict[str, Any]:
-        """Start an export; returns the job (state ``queued`` or ``running``)."""
+        """Start an export; returns the job (state ``queued`` or ``running``). ``audit``
+        reads every block and reports in the job's result which blocks CBT missed since
+        the previous generation."""
         result: dict[str, Any] = self._send(
             c.export_vm(
                 vm_path,
@@ -92,6 +95,7 @@ class HyperSDK:
                 compression_level=compression_level,
                 block_size=block_size,
                 max_incremental_age_days=max_incremental_age_days,
+                audit=audit or None,
             )
         )
         return result

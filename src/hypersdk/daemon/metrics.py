@@ -22,6 +22,9 @@ def render(store: JobStore) -> str:
     read = sum(int(r.get("bytes_read", 0)) for r in results)
     stored = sum(int(r.get("bytes_stored", 0)) for r in results)
     duration = sum(float(r.get("duration_s", 0.0)) for r in results)
+    audits = [r["audit"] for r in results if isinstance(r.get("audit"), dict)]
+    missed = sum(int(a.get("blocks_missed", 0)) for a in audits)
+    audited = sum(1 for a in audits if a.get("performed"))
     lines += [
         "# HELP hypersdk_jobs_running Jobs running now.",
         "# TYPE hypersdk_jobs_running gauge",
@@ -36,5 +39,11 @@ def render(store: JobStore) -> str:
         "# TYPE hypersdk_export_duration_seconds summary",
         f"hypersdk_export_duration_seconds_sum {duration:.3f}",
         f"hypersdk_export_duration_seconds_count {len(results)}",
+        "# HELP hypersdk_cbt_audits_total CBT audits made by succeeded exports (--audit).",
+        "# TYPE hypersdk_cbt_audits_total counter",
+        f"hypersdk_cbt_audits_total {audited}",
+        "# HELP hypersdk_cbt_missed_blocks_total Blocks that CBT audits found CBT had missed.",
+        "# TYPE hypersdk_cbt_missed_blocks_total counter",
+        f"hypersdk_cbt_missed_blocks_total {missed}",
     ]
     return "\n".join(lines) + "\n"

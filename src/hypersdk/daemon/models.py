@@ -149,6 +149,11 @@ class ExportCreate(_Request):
     output: str | None = _output()
     incremental: bool = False
     force_full: bool = False
+    audit: bool = Field(
+        default=False,
+        description="read every block and report the blocks CBT missed since the "
+        "previous generation (implies a full read)",
+    )
     compression: Literal["zstd", "lz4", "none"] | None = None
     compression_level: int | None = Field(default=None, ge=req.MIN_LEVEL, le=req.MAX_LEVEL)
     block_size: int | None = Field(
@@ -165,6 +170,7 @@ class ExportCreate(_Request):
             output=output,
             incremental=self.incremental,
             force_full=self.force_full,
+            audit=self.audit,
             compression=self.compression,
             compression_level=self.compression_level,
             block_size=self.block_size,
@@ -223,6 +229,14 @@ class GenerationDisk(BaseModel):
     change_id: str
 
 
+class GenerationAudit(BaseModel):
+    performed: bool
+    previous: str | None
+    clean: bool
+    blocks_checked: int
+    blocks_missed: int
+
+
 class Generation(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -243,6 +257,13 @@ class Generation(BaseModel):
     bytes_read: int
     bytes_stored: int
     disks: list[GenerationDisk]
+    audit: GenerationAudit | None = Field(
+        default=None, description="the CBT audit this generation made (hyperexport --audit)"
+    )
+    suspect: bool = Field(
+        default=False,
+        description="a later CBT audit found blocks that tracking missed since this generation",
+    )
 
 
 class GenerationList(BaseModel):

@@ -40,7 +40,7 @@ def list_generations(
     ] = None,
 ) -> dict[str, Any]:
     gens = catalog.list_generations(Repository.open(d.output(output)), vm)
-    return {"generations": [m.summary() for m in gens]}
+    return {"generations": catalog.summaries(gens)}
 
 
 @router.post("/restores", response_model=Job, status_code=202)

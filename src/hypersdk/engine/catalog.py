@@ -21,7 +21,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from hypersdk.engine.audit import suspect_generations
 from hypersdk.errors import NotFoundError, UsageError
 from hypersdk.providers.factory import canonical_locator, derived_vm_id
 from hypersdk.repository.manifest import Manifest
@@ -111,6 +113,13 @@ def list_generations(repo: Repository, vm: str | None = None) -> list[Manifest]:
     """The readable generations of one VM (any name of it) or of every VM, oldest first."""
     ids = [resolve_vm(repo, vm)] if vm is not None else repo.vm_ids()
     return sorted((m for i in ids for m in repo.generations(i)), key=lambda m: (m.created, m.id))
+
+
+def summaries(gens: list[Manifest]) -> list[dict[str, Any]]:
+    """How listings show generations: each manifest's summary, and ``suspect`` when a
+    later CBT audit found blocks that tracking missed since that generation."""
+    suspect = {(m.vm_id, g) for m in gens for g in suspect_generations([m.audit])}
+    return [{**m.summary(), "suspect": (m.vm_id, m.id) in suspect} for m in gens]
 
 
 def prepare_restore(

@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypersdk.engine.audit import AuditReport, not_performed
 from hypersdk.engine.decision import Decision, decide
 from hypersdk.engine.request import ExportHooks, ExportRequest
 from hypersdk.engine.writer import GenerationResult, GenerationWriter, plan_disks
 from hypersdk.errors import ChangeIdInvalid, UsageError
 from hypersdk.providers.base import CbtStatus, FrozenDisk, Provider, VmIdentity
+from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL, Repository
 from hypersdk.state.history import DiskEntry, ExportRecord, History
 
@@ -34,8 +36,10 @@ class ExportReport:
     duration_s: float
     output: str
     disks: list[dict[str, Any]] = field(default_factory=list)
+    audit: AuditReport | None = None  # when --audit asked for one
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"audit": self.audit.to_json()} if self.audit is not None else {}
         return {
             "vm": self.vm,
             "vm_name": self.vm_name,
@@ -50,11 +54,14 @@ class ExportReport:
             else 0.0,
             "output": self.output,
             "disks": self.disks,
+            **extra,
         }
 
 
 def choose_mode(request: ExportRequest, decision: Decision) -> tuple[bool, str]:
     """(incremental?, reason) for what the user asked and what is possible."""
+    if request.audit:
+        return False, "Full export with a CBT audit (--audit)"
     if request.force_full:
         return False, "Full export forced (--force-full)"
     if not request.incremental:
@@ -100,15 +107,22 @@ def run_export(
             max_age=request.max_age,
         )
         incremental, reason = choose_mode(request, decision)
+        audit: Decision | AuditReport | None = None
+        if request.audit:
+            # An audit needs what an incremental needs: a trusted base and its change ids.
+            trusted = decision.can_incremental and decision.parent is not None
+            audit = decision if trusted else not_performed(decision.reason)
         try:
             result, disks = _copy(
-                provider, writer, decision if incremental else None, reason, request, hooks
+                provider, writer, decision if incremental else None, reason, request, hooks, audit
             )
         except ChangeIdInvalid as exc:
             # The platform refused the old change id (vSphere FileFault/InvalidArgument,
             # a QEMU checkpoint that vanished): the chain cannot continue; start anew.
             reason = f"Previous change id was rejected ({exc}): full export instead"
-            result, disks = _copy(provider, writer, None, reason, request, hooks)
+            if audit is not None:
+                audit = not_performed(f"the platform rejected the previous change id ({exc})")
+            result, disks = _copy(provider, writer, None, reason, request, hooks, audit)
     _record(history, repo, vm, status, result, disks)
     provider.backup_committed({d.key: d.change_id for d in disks})
     m = result.manifest
@@ -132,6 +146,7 @@ def run_export(
             }
             for d in m.disks
         ],
+        audit=result.audit,
     )
 
 
@@ -142,10 +157,15 @@ def _copy(
     reason: str,
     request: ExportRequest,
     hooks: ExportHooks,
+    audit: Decision | AuditReport | None = None,
 ) -> tuple[GenerationResult, list[FrozenDisk]]:
     since = decision.since if decision is not None else None
     parent = decision.parent if decision is not None else None
-    with provider.open_backup(since) as session:
+    against: Manifest | AuditReport | None = audit if isinstance(audit, AuditReport) else None
+    if isinstance(audit, Decision):
+        # A full read, plus the platform's answer since the audited generation.
+        since, against = audit.since, audit.parent
+    with provider.open_backup(since, audit=isinstance(audit, Decision)) as session:
         disks = list(session.disks)
         # One plan per disk, shared by the progress total and the copy.
         plans = plan_disks(disks, writer.repo.config.block_size)
@@ -159,6 +179,7 @@ def _copy(
             parallel=request.parallel,
             hooks=hooks,
             plans=plans,
+            audit=against,
         )
     return result, disks
 

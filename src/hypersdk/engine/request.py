@@ -43,6 +43,9 @@ class ExportRequest:
     output: str  # the repository folder, an absolute path
     incremental: bool = False
     force_full: bool = False
+    # Read every block and compare with the previous generation and CBT's answer since it
+    # (engine/audit.py); implies a full read.
+    audit: bool = False
     compression: str | None = None  # None: the repository's own setting (zstd when new)
     compression_level: int | None = None  # zstd only; None: the repository's (1 when new)
     block_size: int | None = None  # for a new repository only; None: 1 MiB
@@ -53,6 +56,7 @@ class ExportRequest:
         _check_path("output", self.output)
         _check_bool("incremental", self.incremental)
         _check_bool("force_full", self.force_full)
+        _check_bool("audit", self.audit)
         if self.compression is not None and self.compression not in COMPRESSIONS:
             raise InvalidField(
                 "compression", f"must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}"

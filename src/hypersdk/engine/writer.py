@@ -27,6 +27,7 @@ from functools import partial
 from types import TracebackType
 
 from hypersdk import __version__
+from hypersdk.engine.audit import AuditReport, audit_disk
 from hypersdk.engine.plan import READ, BlockPlan, plan_blocks
 from hypersdk.engine.request import DEFAULT_PARALLEL, ExportHooks
 from hypersdk.errors import ExportCancelled, RepositoryError
@@ -71,6 +72,7 @@ class GenerationResult:
     manifest: Manifest
     duration_s: float
     disks: dict[str, DiskStats] = field(default_factory=dict)
+    audit: AuditReport | None = None
 
     @property
     def bytes_read(self) -> int:
@@ -119,10 +121,14 @@ class GenerationWriter:
         parallel: int = DEFAULT_PARALLEL,
         hooks: ExportHooks | None = None,
         plans: Sequence[BlockPlan] | None = None,
+        audit: Manifest | AuditReport | None = None,
     ) -> GenerationResult:
         """Write and commit a generation; ``parent`` makes it incremental. ``parallel``
         comes from a checked ``ExportRequest`` (or a test); it only sizes the pool.
-        ``plans`` (from ``plan_disks``, one per disk) saves planning the disks again."""
+        ``plans`` (from ``plan_disks``, one per disk) saves planning the disks again.
+        ``audit``: the generation a CBT audit compares with (every disk then carries
+        ``reported`` extents), or the report of an audit that could not be made; the
+        manifest records either."""
         opts = _Run(parallel, hooks or ExportHooks())
         repo = self.repo
         if plans is None:
@@ -134,19 +140,27 @@ class GenerationWriter:
             raise ValueError("the block plans do not match the disks")
         if parent is not None:
             self._check_parent(parent, disks)
+        if isinstance(audit, Manifest):
+            if parent is not None or any(d.reported is None for d in disks):
+                raise ValueError(
+                    "an audit reads every block and needs each disk's reported extents"
+                )
+            self._check_parent(audit, disks)
         started = utc_now()
         t0 = time.monotonic()
         stats: dict[str, DiskStats] = {}
         batch = repo.chunks.stage()
         try:
-            manifest = self._write(disks, plans, parent, reason, opts, batch, stats, started, t0)
+            manifest, report = self._write(
+                disks, plans, parent, reason, opts, batch, stats, started, t0, audit
+            )
             if opts.cancelled:
                 raise ExportCancelled("export cancelled; nothing was committed")
             repo.commit(manifest, batch)
         except BaseException:
             batch.discard()  # temp files not yet named; a crash leaves them for gc
             raise
-        return GenerationResult(manifest, time.monotonic() - t0, stats)
+        return GenerationResult(manifest, time.monotonic() - t0, stats, report)
 
     def _write(
         self,
@@ -159,16 +173,26 @@ class GenerationWriter:
         stats: dict[str, DiskStats],
         started: datetime,
         t0: float,
-    ) -> Manifest:
+        audit: Manifest | AuditReport | None,
+    ) -> tuple[Manifest, AuditReport | None]:
         """Store every disk's chunks and index; returns the manifest to commit."""
         repo, block_size = self.repo, self.repo.config.block_size
         gen_id = new_generation_id(started)
         records: list[DiskRecord] = []
+        report = audit if isinstance(audit, AuditReport) else None
+        if isinstance(audit, Manifest):
+            report = AuditReport(performed=True, previous=audit.id)
         for disk, plan in zip(disks, plans, strict=True):
             # The parent's index is checked now (header) and streamed at the end; it is
             # never held whole in memory.
             base = repo.index_source(parent, disk.key) if parent is not None else None
             entries, disk_stats = _copy_disk(repo, disk, plan, opts, batch)
+            if isinstance(audit, Manifest) and report is not None and disk.reported is not None:
+                report.disks.append(
+                    audit_disk(
+                        disk.key, plan, entries, repo.load_index(audit, disk.key), disk.reported
+                    )
+                )
             rel, built = repo.build_index(
                 self.vm.vm_id,
                 gen_id,
@@ -204,7 +228,7 @@ class GenerationWriter:
             )
         duration = time.monotonic() - t0
         read = sum(s.bytes_read for s in stats.values())
-        return Manifest(
+        manifest = Manifest(
             id=gen_id,
             vm_id=self.vm.vm_id,
             vm_name=self.vm.name,
@@ -228,7 +252,9 @@ class GenerationWriter:
                 "duration_s": round(duration, 3),
                 "throughput_mib_s": round(read / duration / 2**20, 1) if duration else 0.0,
             },
+            audit=report.to_json() if report is not None else None,
         )
+        return manifest, report
 
     def _check_parent(self, parent: Manifest, disks: Sequence[FrozenDisk]) -> None:
         """Last guard against chaining onto the wrong base (the decision logic decides

@@ -425,12 +425,15 @@ class VcsimLab:
         max_changed_areas: int | None = None,
         max_epochs: int | None = None,
         cbt_needs_stun: bool | None = None,
+        drop_changed_area: bool | None = None,
     ) -> dict[str, int | bool]:
         """Read (no arguments) or change the tracking knobs; returns the current ones.
 
         ``max_changed_areas``: at most N areas per QueryChangedDiskAreas reply (0: all);
         ``max_epochs``: change ids kept per disk; ``cbt_needs_stun``: CBT enabled on a
-        running VM becomes active at the next snapshot or power on.
+        running VM becomes active at the next snapshot or power on;
+        ``drop_changed_area``: simulate a CBT bug, every answer to a query with a change
+        id leaves out its first changed area (for the CBT audit's tests).
         """
         changes: dict[str, int | bool] = {}
         if max_changed_areas is not None:
@@ -439,6 +442,8 @@ class VcsimLab:
             changes["max_epochs"] = max_epochs
         if cbt_needs_stun is not None:
             changes["cbt_needs_stun"] = cbt_needs_stun
+        if drop_changed_area is not None:
+            changes["drop_changed_area"] = drop_changed_area
         if not changes:
             return dict(self._request("GET", "/config"))
         return dict(self._request("POST", "/config", json=changes))

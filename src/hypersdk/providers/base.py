@@ -70,6 +70,10 @@ class FrozenDisk:
     full export, the allocated extents with holes left out or marked ``zero``).
     ``None`` means "read every byte". Blocks that no extent touches keep the parent's
     content (incremental) or are zero (full).
+
+    ``reported`` is set only in an audit session (``open_backup(since, audit=True)``):
+    the extents the platform's tracking reports as changed since ``since``, while
+    ``changed`` then holds what a full export reads.
     """
 
     key: str
@@ -79,6 +83,7 @@ class FrozenDisk:
     reader: DiskReader
     path: str = ""
     backing_info: str = ""
+    reported: list[Extent] | None = None
 
 
 @dataclass(slots=True)
@@ -149,9 +154,11 @@ class Provider(Protocol):
 
     def estimate_changes(self, since: Mapping[str, str]) -> EstimatedChanges: ...
 
-    def open_backup(self, since: Mapping[str, str] | None) -> BackupSession:
+    def open_backup(self, since: Mapping[str, str] | None, *, audit: bool = False) -> BackupSession:
         """Start a backup session. ``since`` maps disk key to the previous change id
-        (incremental); ``None`` asks for a full export (allocated areas only)."""
+        (incremental); ``None`` asks for a full export (allocated areas only).
+        ``audit`` with ``since``: a full export's extents in ``changed``, and the
+        tracking's answer since ``since`` in ``reported`` (the CBT audit)."""
         ...
 
     def backup_committed(self, change_ids: Mapping[str, str]) -> None:

@@ -82,6 +82,9 @@ class Manifest:
     disks: list[DiskRecord]
     stats: dict[str, float] = field(default_factory=dict)
     locator: str = ""  # canonical locator the VM was exported from; "" when unknown
+    # What a CBT audit (hyperexport --audit) found; None when none was asked for. Its
+    # shape belongs to engine/audit.py; a manifest only keeps and checksums it.
+    audit: dict[str, Any] | None = None
 
     def disk(self, key: str) -> DiskRecord | None:
         return next((d for d in self.disks if d.key == key), None)
@@ -112,6 +115,12 @@ class Manifest:
                 {"key": d.key, "capacity_bytes": d.capacity_bytes, "change_id": d.change_id}
                 for d in self.disks
             ],
+            "audit": None
+            if self.audit is None
+            else {
+                k: self.audit.get(k)
+                for k in ("performed", "previous", "clean", "blocks_checked", "blocks_missed")
+            },
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +129,8 @@ class Manifest:
         locator = doc.pop("locator")
         if locator:
             vm["locator"] = locator
+        if doc["audit"] is None:
+            del doc["audit"]  # generations without an audit keep their earlier shape
         out = {"format": FORMAT, "version": VERSION, "vm": vm, **doc}
         out["checksum"] = checksum(out)
         return out
@@ -165,6 +176,7 @@ class Manifest:
                 disks=disks,
                 stats=stats,
                 locator=_field(vm, "locator", str, ""),
+                audit=_field(doc, "audit", dict, None),
             )
         except ValueError as exc:
             raise IntegrityError(f"{where}: malformed manifest ({exc})") from None

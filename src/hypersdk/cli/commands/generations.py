@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json
-from hypersdk.engine.catalog import list_generations
+from hypersdk.engine.catalog import list_generations, summaries
 from hypersdk.repository.repository import Repository
 
 
@@ -25,15 +26,15 @@ def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
     gens = list_generations(Repository.open(args.output), args.vm)
     if args.json:
-        print_json([m.summary() for m in gens])
+        print_json(summaries(gens))
         return 0
     if not gens:
         print("no generations")
         return 0
     table = Table(box=None)
-    for col in ("VM", "GENERATION", "CREATED", "TYPE", "SIZE", "READ", "STORED"):
+    for col in ("VM", "GENERATION", "CREATED", "TYPE", "SIZE", "READ", "STORED", "CBT"):
         table.add_column(col, justify="right" if col in ("SIZE", "READ", "STORED") else "left")
-    for m in gens:
+    for m, row in zip(gens, summaries(gens), strict=True):
         table.add_row(
             m.vm_id,
             m.id,
@@ -42,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
             human_bytes(m.total_size),
             human_bytes(m.stats.get("bytes_read", 0)),
             human_bytes(m.stats.get("bytes_stored", 0)),
+            _cbt_mark(m.audit, suspect=row["suspect"]),
         )
     Console().print(table)
     return 0
+
+
+def _cbt_mark(audit: dict[str, Any] | None, *, suspect: bool) -> str:
+    """A word, not a colour: SUSPECT when a later audit found CBT misses since this
+    generation; how this generation's own audit ended, when it made one."""
+    marks = ["SUSPECT"] if suspect else []
+    if audit and audit.get("performed"):
+        marks.append("audit-clean" if audit.get("clean") else "audit-misses")
+    return ", ".join(marks)

@@ -147,8 +147,10 @@ class QmpProvider:
             counts[disk.key] = bitmap.count or 0
         return EstimatedChanges(per_disk=counts, exact=True)
 
-    def open_backup(self, since: Mapping[str, str] | None) -> _session.QmpBackupSession:
-        session = _session.QmpBackupSession(self._qmp, self.disks(), since, self._nbd_socket)
+    def open_backup(
+        self, since: Mapping[str, str] | None, *, audit: bool = False
+    ) -> _session.QmpBackupSession:
+        session = _session.QmpBackupSession(self._qmp, self.disks(), since, self._nbd_socket, audit)
         return session.start()
 
     def backup_committed(self, change_ids: Mapping[str, str]) -> None:
@@ -223,11 +225,13 @@ class Qcow2Provider:
         }
         return EstimatedChanges(per_disk=counts, exact=True)
 
-    def open_backup(self, since: Mapping[str, str] | None) -> _session.Qcow2BackupSession:
+    def open_backup(
+        self, since: Mapping[str, str] | None, *, audit: bool = False
+    ) -> _session.Qcow2BackupSession:
         disk = self.disk()
         if disk.cbt_reason:
             raise CbtUnavailable(f"disk {disk.key}: cannot back up: {disk.cbt_reason}")
-        return _session.Qcow2BackupSession(disk, since).start()
+        return _session.Qcow2BackupSession(disk, since, audit).start()
 
     def backup_committed(self, change_ids: Mapping[str, str]) -> None:
         disk = self.disk()

@@ -72,7 +72,10 @@ def _connect_nbd(uri: str, export: str, bitmap: str | None, connections: int = 4
     return client
 
 
-def _snapshot(disk: QemuDisk, client: NbdPool, change_id: str, bitmap: str | None) -> FrozenDisk:
+def _snapshot(
+    disk: QemuDisk, client: NbdPool, change_id: str, bitmap: str | None, audit: bool = False
+) -> FrozenDisk:
+    reported = None
     try:
         if client.size != disk.capacity:
             raise ProviderError(
@@ -80,7 +83,9 @@ def _snapshot(disk: QemuDisk, client: NbdPool, change_id: str, bitmap: str | Non
             )
         if bitmap:
             changed = _extents.changed(client, bitmap, disk.capacity)
-        else:
+        if bitmap and audit:
+            reported, changed = changed, _extents.allocation(client, disk.capacity)
+        elif not bitmap:
             changed = _extents.allocation(client, disk.capacity)
     except OSError as err:
         raise NbdError(f"disk {disk.key}: reading block status failed: {err}") from err
@@ -92,6 +97,7 @@ def _snapshot(disk: QemuDisk, client: NbdPool, change_id: str, bitmap: str | Non
         reader=client,
         path=disk.file,
         backing_info=f"{disk.format} node {disk.node}",
+        reported=reported,
     )
 
 
@@ -191,8 +197,10 @@ class QmpBackupSession(_SessionBase):
         disks: list[QemuDisk],
         since: Mapping[str, str] | None,
         nbd_socket: str | None,
+        audit: bool = False,
     ) -> None:
         super().__init__()
+        self._audit = audit
         self._qmp = qmp
         self._all = disks
         self._since = dict(since or {})
@@ -225,7 +233,7 @@ class QmpBackupSession(_SessionBase):
             bitmap = plan.temp_bitmap if plan.since else None
             client = _connect_nbd(uri, plan.export, bitmap)
             self._add_client(client)
-            self._disks.append(_snapshot(plan.disk, client, self.checkpoint, bitmap))
+            self._disks.append(_snapshot(plan.disk, client, self.checkpoint, bitmap, self._audit))
 
     def _plan(self) -> list[_Plan]:
         plans = []
@@ -385,8 +393,11 @@ class QmpBackupSession(_SessionBase):
 
 
 class Qcow2BackupSession(_SessionBase):
-    def __init__(self, disk: QemuDisk, since: Mapping[str, str] | None) -> None:
+    def __init__(
+        self, disk: QemuDisk, since: Mapping[str, str] | None, audit: bool = False
+    ) -> None:
         super().__init__()
+        self._audit = audit
         self._disk = disk
         self._since = (since or {}).get(disk.key)
         self.checkpoint = _checkpoints.new_name()
@@ -417,7 +428,7 @@ class Qcow2BackupSession(_SessionBase):
         self._cleanup.push("stop qemu-nbd", server.stop)
         client = _connect_nbd(server.uri, server.export_name, self._since)
         self._add_client(client)
-        self._disks.append(_snapshot(disk, client, self.checkpoint, self._since))
+        self._disks.append(_snapshot(disk, client, self.checkpoint, self._since, self._audit))
 
 
 def dirty_bytes_offline(disk: QemuDisk, bitmap: str) -> int:

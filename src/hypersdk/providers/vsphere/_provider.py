@@ -186,12 +186,18 @@ class VsphereProvider:
         return EstimatedChanges(per_disk=per_disk, exact=True)
 
     def _open(
-        self, since: Mapping[str, str] | None, *, read_data: bool, sweep: bool
+        self,
+        since: Mapping[str, str] | None,
+        *,
+        read_data: bool,
+        sweep: bool,
+        audit: bool = False,
     ) -> VsphereBackupSession:
         session = VsphereBackupSession(
             self._conn,
             self._vm,
             since,
+            audit=audit,
             quiesce=self.quiesce,
             read_data=read_data,
             sweep=sweep,
@@ -200,8 +206,10 @@ class VsphereProvider:
         )
         return session.start()
 
-    def open_backup(self, since: Mapping[str, str] | None) -> VsphereBackupSession:
-        return self._open(since, read_data=True, sweep=True)
+    def open_backup(
+        self, since: Mapping[str, str] | None, *, audit: bool = False
+    ) -> VsphereBackupSession:
+        return self._open(since, read_data=True, sweep=True, audit=audit)
 
     def backup_committed(self, change_ids: Mapping[str, str]) -> None:
         """Nothing to drop: vSphere keeps the tracking state itself."""

@@ -53,6 +53,7 @@ class VsphereBackupSession:
         vm: Any,
         since: Mapping[str, str] | None,
         *,
+        audit: bool = False,
         quiesce: bool = False,
         read_data: bool = True,
         sweep: bool = True,
@@ -62,6 +63,7 @@ class VsphereBackupSession:
         self._conn = conn
         self._vm = vm
         self._since = dict(since) if since is not None else None
+        self._audit = audit
         self._quiesce = quiesce
         self._read_data = read_data
         self._sweep = sweep
@@ -171,19 +173,22 @@ class VsphereBackupSession:
             if not verdict.valid:
                 raise ChangeIdInvalid(verdict.reason)
 
+    def _areas(self, disk: VsphereDisk, since: str) -> list[Any]:
+        areas, calls = _changed.changed_areas(
+            self._vm, self._snapshot, disk.device_key, disk.capacity, since, disk.key
+        )
+        self.query_calls += calls
+        return areas
+
     def _disk_snapshot(self, disk: VsphereDisk, dc_path: str) -> FrozenDisk:
         changed: list[Any] | None
+        reported: list[Any] | None = None
         if disk.change_id:
             since = self._since.get(disk.key) if self._since is not None else None
-            changed, calls = _changed.changed_areas(
-                self._vm,
-                self._snapshot,
-                disk.device_key,
-                disk.capacity,
-                since or _changed.ALLOCATED,
-                disk.key,
-            )
-            self.query_calls += calls
+            changed = self._areas(disk, since or _changed.ALLOCATED)
+            if since and self._audit:
+                # The audit reads what a full export reads and keeps CBT's answer aside.
+                reported, changed = changed, self._areas(disk, _changed.ALLOCATED)
         else:
             # No tracking on this disk (CBT off or not yet active): a full export reads
             # every byte; the engine stores all-zero blocks as zero.
@@ -203,6 +208,7 @@ class VsphereBackupSession:
             reader=reader,
             path=disk.file_name,
             backing_info=disk.backing_type,
+            reported=reported,
         )
 
     # -- teardown ------------------------------------------------------------------
