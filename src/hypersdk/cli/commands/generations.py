@@ -31,11 +31,16 @@ def run(args: argparse.Namespace) -> int:
     if not gens:
         print("no generations")
         return 0
+    rows = summaries(gens)
+    marks = [_cbt_mark(m.audit, suspect=row["suspect"]) for m, row in zip(gens, rows, strict=True)]
+    columns = ["VM", "GENERATION", "CREATED", "TYPE", "SIZE", "READ", "STORED"]
+    if any(marks):
+        columns.append("CBT")  # only when an audit was made: the table stays narrow
     table = Table(box=None)
-    for col in ("VM", "GENERATION", "CREATED", "TYPE", "SIZE", "READ", "STORED", "CBT"):
+    for col in columns:
         table.add_column(col, justify="right" if col in ("SIZE", "READ", "STORED") else "left")
-    for m, row in zip(gens, summaries(gens), strict=True):
-        table.add_row(
+    for m, mark in zip(gens, marks, strict=True):
+        cells = [
             m.vm_id,
             m.id,
             m.created[:19].replace("T", " "),
@@ -43,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
             human_bytes(m.total_size),
             human_bytes(m.stats.get("bytes_read", 0)),
             human_bytes(m.stats.get("bytes_stored", 0)),
-            _cbt_mark(m.audit, suspect=row["suspect"]),
-        )
+        ]
+        table.add_row(*cells, *([mark] if any(marks) else []))
     Console().print(table)
     return 0
 
