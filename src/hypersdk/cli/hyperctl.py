@@ -17,6 +17,7 @@ COMMANDS = (
     "hypersdk.cli.commands.verify",
     "hypersdk.cli.commands.gc",
     "hypersdk.cli.commands.delete",
+    "hypersdk.cli.commands.prune",
     "hypersdk.cli.lab",
 )
 
