@@ -24,7 +24,7 @@ def reference(r: Retention, gens: list[tuple[str, datetime]]) -> dict[str, set[s
     periods = {
         "hourly": lambda t: t.strftime("%Y-%m-%d %H"),
         "daily": lambda t: t.strftime("%Y-%m-%d"),
-        "weekly": lambda t: "%d-%02d" % t.isocalendar()[:2],
+        "weekly": lambda t: t.strftime("%G-%V"),  # ISO year and week
         "monthly": lambda t: t.strftime("%Y-%m"),
         "yearly": lambda t: t.strftime("%Y"),
     }

@@ -18,6 +18,7 @@ COMMANDS = (
     "hypersdk.cli.commands.gc",
     "hypersdk.cli.commands.delete",
     "hypersdk.cli.commands.prune",
+    "hypersdk.cli.commands.status",
     "hypersdk.cli.lab",
 )
 

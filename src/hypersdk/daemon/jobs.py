@@ -205,6 +205,15 @@ class JobStore:
             ).fetchall()
         return {(k, s): n for k, s, n in rows}
 
+    def finished_export_jobs(self) -> list[Job]:
+        """Export jobs that succeeded or failed, oldest first (for per-VM /metrics)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT doc FROM jobs WHERE kind = ? AND state IN (?, ?) ORDER BY seq",
+                (JobKind.EXPORT, JobState.SUCCEEDED, JobState.FAILED),
+            ).fetchall()
+        return [Job.from_json(json.loads(raw)) for (raw,) in rows]
+
     def finished_exports(self) -> list[dict[str, Any]]:
         """Results of succeeded exports (for /metrics)."""
         with self._lock:
