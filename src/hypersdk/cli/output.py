@@ -19,6 +19,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 from hypersdk.cmdline import OneLineParser
@@ -109,3 +110,13 @@ def progress_bar(description: str, total: int, *, enabled: bool) -> Iterator[Cal
         yield bar.advance
     finally:
         bar.close()
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout: fitted to a terminal, never cut when piped (a pipe or a file
+    has no width, and rich would squeeze ids such as generation names into "2026…")."""
+    console = Console() if sys.stdout.isatty() else Console(width=_UNBOUNDED)
+    console.print(table)
+
+
+_UNBOUNDED = 10_000

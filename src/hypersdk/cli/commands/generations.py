@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
-from hypersdk.cli.output import human_bytes, print_json
+from hypersdk.cli.output import human_bytes, print_json, print_table
 from hypersdk.engine.catalog import list_generations, summaries
 from hypersdk.repository.repository import Repository
 
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             human_bytes(m.stats.get("bytes_stored", 0)),
         ]
         table.add_row(*cells, *([mark] if any(marks) else []))
-    Console().print(table)
+    print_table(table)
     return 0
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.numbers import int_in
-from hypersdk.cli.output import human_bytes, print_json
+from hypersdk.cli.output import human_bytes, print_json, print_table
 from hypersdk.engine.prune import PruneItem, PruneReport, prune
 from hypersdk.engine.retention import Retention, parse_duration
 from hypersdk.repository.repository import Repository
@@ -94,7 +93,7 @@ def _show(report: PruneReport) -> None:
     for i in report.items:
         action = ", ".join(i.reasons) if i.keep else "remove"
         table.add_row(i.vm, i.id, i.created[:19].replace("T", " "), i.type, action)
-    Console().print(table)
+    print_table(table)
     for vm, why in report.skipped.items():
         print(f"skipped {vm}: {why}")
     verb = "would remove" if report.dry_run else "removed"

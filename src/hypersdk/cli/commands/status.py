@@ -10,11 +10,10 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
-from hypersdk.cli.output import print_json
+from hypersdk.cli.output import print_json, print_table
 from hypersdk.engine.catalog import list_generations, summaries
 from hypersdk.engine.retention import parse_duration, subtract
 from hypersdk.repository.repository import Repository
@@ -98,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(
                 v["vm"], v["vm_name"], v["generation"], v["type"], age_text(v["age_s"]), state
             )
-        Console().print(table)
+        print_table(table)
         if stale:
             print(f"{len(stale)} VM(s) have no generation newer than {max_age}")
     return 1 if stale else 0
