@@ -12,7 +12,7 @@ half-way is garbage for the next gc.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -72,7 +72,6 @@ class PruneReport:
         return [i for i in self.items if i.keep]
 
     def to_json(self) -> dict[str, Any]:
-        gc = self.gc
         return {
             "dry_run": self.dry_run,
             "policy": self.retention.to_json(),
@@ -82,15 +81,7 @@ class PruneReport:
             "kept": len(self.kept),
             "removed": len(self.removed),
             "skipped": [{"vm": vm, "reason": why} for vm, why in self.skipped.items()],
-            "gc": None
-            if gc is None
-            else {
-                "chunks_removed": gc.chunks_removed,
-                "chunks_kept": gc.chunks_kept,
-                "bytes_freed": gc.bytes_removed,
-                "indexes_removed": gc.indexes_removed,
-                "temp_files_removed": gc.temp_files_removed,
-            },
+            "gc": None if self.gc is None else asdict(self.gc),  # as hyperctl gc --json
         }
 
 
