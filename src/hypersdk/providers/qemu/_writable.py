@@ -96,7 +96,7 @@ def open_image(path: str, fmt: str = "qcow2") -> WritableDisk:
         try:
             server.start()
         except ProviderError as err:
-            if "lock" in str(err):
+            if "lock" in str(err) or "another process" in str(err):
                 raise ConflictError(
                     f"{path} is in use by another process (a running VM?); stop it first"
                 ) from err
