@@ -46,7 +46,12 @@ def list_generations(
 @router.post("/restores", response_model=Job, status_code=202)
 def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
     output = d.output(body.output)
-    target = d.allowed.restore_target(body.to)
+    into = body.since is not None or body.compare
+    if into and body.to.startswith("qemu:"):
+        d.check_vm(body.to)  # the same rules as an export's qemu: locator
+        target = body.to
+    else:
+        target = d.allowed.restore_target(body.to)
     spec = prepare_restore(
         output,
         body.vm,
@@ -55,6 +60,8 @@ def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
         target,
         body.format,
         body.force,
+        since=body.since,
+        compare=body.compare,
     )
     return d.runner.submit_restore(spec)
 
