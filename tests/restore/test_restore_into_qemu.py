@@ -6,12 +6,13 @@ changed blocks are written."""
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from hypersdk.engine.restore_into import prepare_into, run_into
-from hypersdk.errors import ConflictError
+from hypersdk.errors import ConflictError, ExportCancelled
 from hypersdk.repository.restore import restore_disk
 from hypersdk.repository.restore_into import IntoResult
 from tests.chain import BS
@@ -176,3 +177,29 @@ def test_qcow2_in_use_by_a_vm_is_refused(tmp_path: Path) -> None:
         pytest.raises(ConflictError, match="in use"),
     ):
         _into(pair, str(image), since=pair.f.id)
+
+
+def test_ctrl_c_and_cancel_remove_the_export(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path)
+    image = _qcow2_of(pair, tmp_path / "disk0.qcow2")
+    with QemuStorageDaemon(tmp_path / "qsd", image=image, nbd_server=False) as qsd:
+        job = prepare_into(
+            pair.repo.root, "vm1", pair.g.id, None, qsd.locator, since=pair.f.id, compare=False
+        )
+
+        def interrupt(_: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_into(job, parallel=1, progress=interrupt)
+        assert qsd.export_ids() == set()
+        cancel = threading.Event()
+        with pytest.raises(ExportCancelled):
+            run_into(job, parallel=1, progress=lambda _: cancel.set(), cancel=cancel)
+        assert qsd.export_ids() == set()
+        # the NBD server this restore started is gone too: a new one can start
+        qsd.qmp("nbd-server-start", addr={"type": "unix", "data": {"path": str(tmp_path / "n")}})
+        qsd.qmp("nbd-server-stop")
+        # and the interrupted target is repaired by running the restore again
+        assert run_into(job).blocks_changed == len(pair.changed)
+    assert image_bytes(image, tmp_path) == pair.g_bytes
