@@ -54,6 +54,10 @@ def test_daemon_restores_into_a_file_and_a_qsd_disk(tmp_path: Path) -> None:
             client.restore("vm1", str(target), since=pair.f.id, compare=True)
         with pytest.raises(NotFoundError, match="does not exist"):
             client.restore("vm1", str(allowed / "missing.raw"), compare=True)
+        small = allowed / "small.raw"
+        small.write_bytes(bytes(BS))
+        with pytest.raises(InvalidRequestError, match="does not hold"):
+            client.restore("vm1", str(small), since=pair.f.id)
         with pytest.raises(InvalidRequestError):  # a qemu: target needs since/compare
             client.restore("vm1", qsd.locator)
     assert outside.read_bytes() == pair.f_bytes

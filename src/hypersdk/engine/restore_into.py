@@ -33,6 +33,7 @@ from hypersdk.repository.restore_into import (
     FileTarget,
     IntoPlan,
     IntoResult,
+    check_size,
     plan_into,
     restore_into,
 )
@@ -80,7 +81,11 @@ def prepare_into(
     manifest = repo.generation(vm_id, generation)
     key = pick_disk(manifest, disk)
     old = repo.generation(vm_id, since) if since is not None else None
-    return IntoJob(plan_into(repo, manifest, key, old), to, kind)
+    plan = plan_into(repo, manifest, key, old)
+    if kind == "file":  # cheap to check now; an NBD target is checked once it is open
+        with FileTarget(to) as target:
+            check_size(plan, target.size, to, resizable=not target.is_device)
+    return IntoJob(plan, to, kind)
 
 
 def target_kind(to: str, fmt: str | None) -> str:

@@ -234,8 +234,19 @@ def restore_into(
 def _check_size(
     plan: IntoPlan, target: BlockTarget, name: str, resize: Callable[[int], None] | None
 ) -> int | None:
-    want = plan.index.capacity
     have = target.size
+    if not check_size(plan, have, name, resizable=resize is not None):
+        return None
+    assert resize is not None
+    resize(plan.index.capacity)
+    return have
+
+
+def check_size(plan: IntoPlan, have: int, name: str, *, resizable: bool) -> bool:
+    """Whether a target of ``have`` bytes must be resized to G's size first; a size that
+    cannot be right is a UsageError: with ``since`` the target must be F's size (else it
+    does not hold F), with ``compare`` G's."""
+    want = plan.index.capacity
     if plan.since is not None:
         held = plan.since_capacity
         if have != held:
@@ -244,19 +255,18 @@ def _check_size(
                 "it does not hold that generation; use --compare"
             )
     if have == want:
-        return None
+        return False
     if plan.since is None:
         raise UsageError(
             f"{name} is {have} bytes but generation {plan.manifest.id}'s disk is {want}: "
             "--compare needs a target of the same size"
         )
-    if resize is None:
+    if not resizable:
         raise UsageError(
             f"generation {plan.manifest.id}'s disk is {want} bytes but {name} is {have} "
             "and cannot be resized"
         )
-    resize(want)
-    return have
+    return True
 
 
 class _Stats:
