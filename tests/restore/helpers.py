@@ -30,11 +30,31 @@ class Pair:
         return path
 
 
-def make_pair(tmp: Path, *, blocks: int = BLOCKS, g_blocks: int | None = None) -> Pair:
+def make_pair(
+    tmp: Path,
+    *,
+    blocks: int = BLOCKS,
+    g_blocks: int | None = None,
+    raw: tuple[bytes, bytes] | None = None,
+) -> Pair:
     """F: random data with a few zero blocks. G: some blocks rewritten, one data block
-    zeroed, one zero block filled (and a size change when ``g_blocks`` is given)."""
+    zeroed, one zero block filled (and a size change when ``g_blocks`` is given).
+    ``raw``: F's and G's bytes as given instead (both full exports)."""
     rng = random.Random(11)
+    tmp.mkdir(parents=True, exist_ok=True)
     repo = Repository.open_or_init(tmp / "repo", block_size=BS)
+    if raw is not None:
+        image = tmp / "disk.raw"
+        image.write_bytes(raw[0])
+        f = export(repo, {"disk-0": image}).manifest
+        image.write_bytes(raw[1])
+        g = export(repo, {"disk-0": image}).manifest
+        image.unlink()
+        a, b = raw
+        changed = [
+            i for i in range(len(b) // BS) if a[i * BS : (i + 1) * BS] != b[i * BS : (i + 1) * BS]
+        ]
+        return Pair(repo, f, g, a, b, changed)
     f_data = bytearray(os.urandom(blocks * BS))
     for b in (3, 4, 20):
         f_data[b * BS : (b + 1) * BS] = bytes(BS)

@@ -3,6 +3,7 @@ options as the CLI, confined to the daemon's allowed folders."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,17 @@ def test_daemon_restores_into_a_file_and_a_qsd_disk(tmp_path: Path) -> None:
             client.restore("vm1", str(target), since=pair.f.id, compare=True)
         with pytest.raises(NotFoundError, match="does not exist"):
             client.restore("vm1", str(allowed / "missing.raw"), compare=True)
+        # a qcow2 target's backing chain is opened too: every file of it must be allowed
+        base = tmp_path / "base.qcow2"
+        restore_disk(pair.repo, pair.f, "disk-0", base, fmt="qcow2")
+        overlay = allowed / "overlay.qcow2"
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
+             str(overlay)],
+            check=True,
+        )  # fmt: skip
+        with pytest.raises(ForbiddenError, match="outside"):
+            client.restore("vm1", str(overlay), since=pair.f.id)
         small = allowed / "small.raw"
         small.write_bytes(bytes(BS))
         with pytest.raises(InvalidRequestError, match="does not hold"):

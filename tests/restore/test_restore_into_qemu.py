@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hypersdk.engine.restore_into import prepare_into, run_into
-from hypersdk.errors import ConflictError, ExportCancelled
+from hypersdk.errors import ConflictError, ExportCancelled, UsageError
 from hypersdk.repository.restore import restore_disk
 from hypersdk.repository.restore_into import IntoResult
 from tests.chain import BS
@@ -172,11 +172,11 @@ def test_paused_guest_without_shared_writes_is_refused_clearly(tmp_path: Path) -
 def test_qcow2_in_use_by_a_vm_is_refused(tmp_path: Path) -> None:
     pair = make_pair(tmp_path)
     image = _qcow2_of(pair, tmp_path / "disk0.qcow2")
-    with (
-        QemuStorageDaemon(tmp_path / "qsd", image=image, nbd_server=False),
-        pytest.raises(ConflictError, match="in use"),
-    ):
-        _into(pair, str(image), since=pair.f.id)
+    with QemuStorageDaemon(tmp_path / "qsd", image=image, nbd_server=False) as qsd:
+        # its QMP socket answers before its disk is open: wait until it holds the image
+        assert "disk0" in qsd.node_names()
+        with pytest.raises(ConflictError, match="in use"):
+            _into(pair, str(image), since=pair.f.id)
 
 
 def test_ctrl_c_and_cancel_remove_the_export(tmp_path: Path) -> None:
@@ -203,3 +203,34 @@ def test_ctrl_c_and_cancel_remove_the_export(tmp_path: Path) -> None:
         # and the interrupted target is repaired by running the restore again
         assert run_into(job).blocks_changed == len(pair.changed)
     assert image_bytes(image, tmp_path) == pair.g_bytes
+
+
+def test_a_raw_disk_that_looks_like_qcow2_is_not_guessed(tmp_path: Path) -> None:
+    """A guest that writes a qcow2 header at the start of its raw disk must not make the
+    restore open that disk as qcow2 (with the guest's metadata): the format is asked."""
+    pair = make_pair(tmp_path)
+    forged = tmp_path / "forged.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(forged), "1M"], check=True)
+    head = forged.read_bytes()[:BS]
+    f_data = head + pair.f_bytes[BS:]
+    g_data = head + pair.g_bytes[BS:]
+    repo_pair = make_pair(tmp_path / "forged", raw=(f_data, g_data))
+    target = repo_pair.restore(repo_pair.f, tmp_path / "guest.raw")
+    with pytest.raises(UsageError, match="--format raw or --format qcow2"):
+        _into(repo_pair, str(target), since=repo_pair.f.id)
+    job = prepare_into(
+        repo_pair.repo.root, "vm1", repo_pair.g.id, None, str(target),
+        since=repo_pair.f.id, compare=False, fmt="raw",
+    )  # fmt: skip
+    run_into(job)
+    assert target.read_bytes() == g_data
+
+
+def test_a_vmdk_target_is_refused(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path)
+    vmdk = tmp_path / "t.vmdk"
+    restore_disk(pair.repo, pair.f, "disk-0", vmdk, fmt="vmdk")
+    before = vmdk.read_bytes()
+    with pytest.raises(UsageError, match="is a vmdk image"):
+        _into(pair, str(vmdk), since=pair.f.id)
+    assert vmdk.read_bytes() == before

@@ -142,7 +142,7 @@ export interface RestoreIntoResult {
   mode: 'since' | 'compare';
   disk: string;
   target: string;
-  target_format: 'raw' | 'block-device' | 'qcow2' | 'vmdk' | 'qemu';
+  target_format: 'raw' | 'block-device' | 'qcow2' | 'qemu';
   capacity_bytes: number;
   block_size: number;
   blocks_total: number;

@@ -52,6 +52,9 @@ def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
         target = body.to
     else:
         target = d.allowed.restore_target(body.to)
+        if into:
+            # a qcow2 target is opened by qemu-nbd with its backing chain: all allowed
+            d.allowed.qcow2_chain(target)
     spec = prepare_restore(
         output,
         body.vm,
