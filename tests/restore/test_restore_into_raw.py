@@ -11,7 +11,14 @@ import pytest
 
 from hypersdk.engine.restore_into import prepare_into, run_into
 from hypersdk.errors import IntegrityError, NotFoundError, UsageError
-from hypersdk.repository.restore_into import FileTarget, IntoResult, plan_into, restore_into
+from hypersdk.repository.index import DiskIndex
+from hypersdk.repository.restore_into import (
+    FileTarget,
+    IntoResult,
+    changed_blocks,
+    plan_into,
+    restore_into,
+)
 from tests.chain import BS, export
 from tests.restore.helpers import BLOCKS, Pair, make_pair
 
@@ -175,3 +182,19 @@ def test_a_missing_chunk_stops_the_restore(tmp_path: Path) -> None:
     pair.repo.layout.chunk(cid).unlink()
     with FileTarget(target) as t, pytest.raises(IntegrityError, match="missing"):
         restore_into(plan, t, target_name=str(target), target_format="raw")
+
+
+@pytest.mark.parametrize("new_blocks", [2500, 3000, 3500])
+def test_changed_blocks_matches_a_block_by_block_diff(new_blocks: int) -> None:
+    """Across several comparison windows, and with G shorter or longer than F."""
+    rng = random.Random(new_blocks)
+    old = DiskIndex.empty(3000 * BS, BS)
+    for b in rng.sample(range(3000), 900):
+        old.set(b, rng.randbytes(32))
+    new = DiskIndex.empty(new_blocks * BS, BS)
+    for b in range(min(3000, new_blocks)):
+        new.set(b, old.get(b))
+    for b in rng.sample(range(new_blocks), 40):
+        new.set(b, rng.randbytes(32) if rng.random() < 0.7 else None)
+    naive = [b for b in range(new_blocks) if new.get(b) != (old.get(b) if b < old.blocks else None)]
+    assert list(changed_blocks(old, new)) == naive
