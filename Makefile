@@ -32,6 +32,7 @@ test: lint typecheck unit sdk-ts
 bench:
 	@bash scripts/setup.sh --bench
 	$(VENV)/python bench/bench_repository.py
+	$(VENV)/python bench/bench_restore_incremental.py
 	$(VENV)/python bench/bench_qemu.py
 	$(VENV)/python bench/bench_vsphere.py
 	$(VENV)/python bench/bench_scale.py

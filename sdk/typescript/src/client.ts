@@ -294,6 +294,8 @@ export class HyperSDK {
         to: options.to,
         format: options.format,
         force: options.force,
+        since: options.since,
+        compare: options.compare,
       },
     });
   }

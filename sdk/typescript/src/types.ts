@@ -134,6 +134,28 @@ export interface RestoreResult {
   [field: string]: unknown;
 }
 
+/** `result` of a succeeded restore into an existing disk (`since` or `compare`). */
+export interface RestoreIntoResult {
+  vm_id: string;
+  generation: string;
+  since: string | null;
+  mode: 'since' | 'compare';
+  disk: string;
+  target: string;
+  target_format: 'raw' | 'block-device' | 'qcow2' | 'qemu';
+  capacity_bytes: number;
+  block_size: number;
+  blocks_total: number;
+  blocks_changed: number;
+  blocks_zeroed: number;
+  bytes_read_repository: number;
+  bytes_read_target: number;
+  bytes_written: number;
+  resized_from: number | null;
+  seconds: number;
+  [field: string]: unknown;
+}
+
 /** One problem a verification found. */
 export interface Damage {
   vm: string;
@@ -158,7 +180,7 @@ export interface VerifyResult {
   [field: string]: unknown;
 }
 
-export type JobResult = ExportResult | RestoreResult | VerifyResult;
+export type JobResult = ExportResult | RestoreResult | RestoreIntoResult | VerifyResult;
 
 /** An export, restore or verification run by the daemon. */
 export interface Job<R = JobResult> {
@@ -187,7 +209,7 @@ export interface Job<R = JobResult> {
 }
 
 export type ExportJob = Job<ExportResult>;
-export type RestoreJob = Job<RestoreResult>;
+export type RestoreJob = Job<RestoreResult | RestoreIntoResult>;
 export type VerifyJob = Job<VerifyResult>;
 
 /** `GET /exports` */
@@ -295,7 +317,7 @@ export interface ListExportsFilters {
 export interface RestoreOptions {
   /** The VM: its id in the repository, the locator it was exported with, or its name. */
   vm: string;
-  /** File to write. */
+  /** File to write; with `since`/`compare` an existing raw file, block device, qcow2 file or `qemu:` locator. */
   to: string;
   output?: string;
   /** Generation id or `latest` (the default). */
@@ -305,6 +327,10 @@ export interface RestoreOptions {
   format?: RestoreFormat;
   /** Overwrite an existing file. */
   force?: boolean;
+  /** The target already holds this generation: write only the blocks that differ from it. */
+  since?: string;
+  /** Read the target and write the blocks that differ (excludes `since`). */
+  compare?: boolean;
 }
 
 /** `verify` options (`POST /verifications`). */

@@ -5,7 +5,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -21,6 +21,7 @@ import {
   type ExportResult,
   type Job,
   type JobEvent,
+  type RestoreIntoResult,
   type RestoreResult,
   type VerifyResult,
 } from '../src/index.js';
@@ -224,6 +225,19 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
     assert.equal(bytes[8 * MiB], 0xcd);
     assert.equal(bytes[9 * MiB - 1], 0xcd);
     assert.equal(bytes[9 * MiB], 0);
+
+    // a damaged byte: compare finds the one block that differs and writes only it
+    const fd = openSync(to, 'r+');
+    writeSync(fd, Buffer.from([0x00]), 0, 1, 8 * MiB + 5);
+    closeSync(fd);
+    const c = await client.restore({ output: repo, vm: vmId, to, compare: true });
+    const cdone = await client.waitForExport<RestoreIntoResult>(c.id, WAIT);
+    assert.equal(cdone.state, 'succeeded', JSON.stringify(cdone.error));
+    assert.equal(cdone.result!.mode, 'compare');
+    assert.equal(cdone.result!.blocks_changed, 1);
+    assert.equal(cdone.result!.bytes_written, cdone.result!.block_size);
+    assert.equal(cdone.result!.bytes_read_target, 64 * MiB);
+    assert.equal(readFileSync(to)[8 * MiB + 5], 0xcd);
 
     // a second restore to the same file without force is refused
     await assert.rejects(

@@ -317,6 +317,10 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
         force: true,
       });
       assert.equal(r.kind, 'restore');
+      await client.restore({ vm: 'vm1', to: 'qemu:/run/vm1.qmp', since: 'g1' });
+      assert.deepEqual(server.last.json, { vm: 'vm1', to: 'qemu:/run/vm1.qmp', since: 'g1' });
+      await client.restore({ vm: 'vm1', to: '/tmp/disk.raw', compare: true });
+      assert.deepEqual(server.last.json, { vm: 'vm1', to: '/tmp/disk.raw', compare: true });
       const v = await client.verify({ output: '/backups/repo', vm: 'vm1' });
       assert.equal(server.last.path, '/verifications');
       assert.deepEqual(server.last.json, { output: '/backups/repo', vm: 'vm1' });

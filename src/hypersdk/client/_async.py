@@ -158,10 +158,16 @@ class AsyncHyperSDK:
         generation: str = "latest",
         disk: str | None = None,
         output: str | None = None,
-        format: str = "raw",
+        format: str | None = None,
         force: bool = False,
+        since: str | None = None,
+        compare: bool = False,
     ) -> dict[str, Any]:
-        """Start restoring one disk of a generation to ``to`` (a path on the daemon's host)."""
+        """Start restoring one disk of a generation to ``to`` (a path on the daemon's host).
+
+        With ``since`` (the generation ``to`` already holds) or ``compare``, ``to`` is an
+        existing raw file, block device, qcow2 file or ``qemu:`` locator, and only the
+        blocks that differ are written."""
         result: dict[str, Any] = await self._send(
             c.restore(
                 vm=vm,
@@ -171,6 +177,8 @@ class AsyncHyperSDK:
                 output=output,
                 format=format,
                 force=force,
+                since=since,
+                compare=compare or None,
             )
         )
         return result

@@ -18,6 +18,7 @@ from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 NO_NUL = r"^[^\x00]+$"
 ABSOLUTE = r"^/[^\x00]*$"
+TARGET = r"^(/|qemu:)[^\x00]*$"  # a restore target: a path, or a qemu: disk
 
 
 def _vm_path() -> Any:
@@ -185,10 +186,24 @@ class RestoreCreate(_Request):
     generation: str = _name("latest", "generation id or 'latest'")
     disk: str | None = _name(None, "disk key (may be left out when the VM has one disk)")
     to: str = Field(
-        min_length=1, max_length=4096, pattern=ABSOLUTE, description="absolute path to write"
+        min_length=1,
+        max_length=4096,
+        pattern=TARGET,
+        description="absolute path to write; with since/compare an existing raw file, "
+        "block device or qcow2 file, or a qemu: locator",
     )
-    format: Literal["raw", "qcow2", "vmdk"] = "raw"
+    format: Literal["raw", "qcow2", "vmdk"] | None = Field(
+        default=None,
+        description="format of a new file (default raw); detected when restoring into an "
+        "existing disk",
+    )
     force: bool = False
+    since: str | None = _name(
+        None, "the target holds this generation: write only the blocks that differ from it"
+    )
+    compare: bool = Field(
+        default=False, description="read the target and write the blocks that differ"
+    )
 
 
 class VerifyCreate(_Request):

@@ -46,7 +46,15 @@ def list_generations(
 @router.post("/restores", response_model=Job, status_code=202)
 def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
     output = d.output(body.output)
-    target = d.allowed.restore_target(body.to)
+    into = body.since is not None or body.compare
+    if into and body.to.startswith("qemu:"):
+        d.check_vm(body.to)  # the same rules as an export's qemu: locator
+        target = body.to
+    else:
+        target = d.allowed.restore_target(body.to)
+        if into:
+            # a qcow2 target is opened by qemu-nbd with its backing chain: all allowed
+            d.allowed.qcow2_chain(target)
     spec = prepare_restore(
         output,
         body.vm,
@@ -55,6 +63,8 @@ def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
         target,
         body.format,
         body.force,
+        since=body.since,
+        compare=body.compare,
     )
     return d.runner.submit_restore(spec)
 

@@ -23,6 +23,7 @@ from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.jobs import RESTARTED, Job, JobKind, JobState, JobStore, now_iso
 from hypersdk.engine import catalog
 from hypersdk.engine.export import ExportHooks, ExportRequest, run_export
+from hypersdk.engine.restore_into import prepare_into, run_into
 from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, UsageError
 from hypersdk.providers.factory import check_exists, export_key, open_provider
 from hypersdk.repository.repository import Repository
@@ -55,9 +56,15 @@ class RestoreSpec:
     generation: str
     disk: str
     to: str
-    format: str
+    format: str | None  # None: raw for a new file, detected for an existing disk
     force: bool
     capacity: int
+    since: str | None = None  # restore into an existing disk that holds this generation
+    compare: bool = False  # ... or whatever it holds, found by reading it
+
+    @property
+    def into(self) -> bool:
+        return self.since is not None or self.compare
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,20 @@ class Runner:
         return report.to_json()
 
     def _run_restore(self, ctx: JobContext, spec: RestoreSpec) -> dict[str, Any]:
+        if spec.into:
+            job = prepare_into(
+                spec.output,
+                spec.vm,
+                spec.generation,
+                spec.disk,
+                spec.to,
+                since=spec.since,
+                compare=spec.compare,
+                fmt=spec.format,
+            )
+            ctx.plan(None, None, job.plan.progress_total)
+            ctx.update(phase="comparing" if spec.compare else "restoring")
+            return run_into(job, progress=ctx.advance, cancel=ctx.cancel).to_json()
         repo = Repository.open(spec.output)
         manifest = repo.generation(spec.vm, spec.generation)
         ctx.plan(None, None, spec.capacity)
@@ -252,7 +273,7 @@ class Runner:
             manifest,
             spec.disk,
             spec.to,
-            fmt=spec.format,
+            fmt=spec.format or "raw",
             force=spec.force,
             progress=ctx.advance,
             cancel=ctx.cancel,
@@ -278,10 +299,28 @@ def prepare_restore(
     generation: str,
     disk: str | None,
     to: str,
-    fmt: str,
+    fmt: str | None,
     force: bool,
+    *,
+    since: str | None = None,
+    compare: bool = False,
 ) -> RestoreSpec:
-    """``vm`` is any name of the VM (catalog.resolve_vm); the job gets its id."""
+    """``vm`` is any name of the VM (catalog.resolve_vm); the job gets its id (and F's)."""
+    if since is not None or compare:
+        job = prepare_into(output, vm, generation, disk, to, since=since, compare=compare, fmt=fmt)
+        p = job.plan
+        return RestoreSpec(
+            output,
+            p.manifest.vm_id,
+            p.manifest.id,
+            p.disk,
+            to,
+            fmt,
+            force,
+            p.index.capacity,
+            since=p.since.id if p.since is not None else None,
+            compare=compare,
+        )
     if not Path(to).is_absolute():
         raise UsageError(f"'to' must be an absolute path, not {to!r}")
     plan = catalog.prepare_restore(output, vm, generation, disk, to, force=force)

@@ -72,13 +72,25 @@ def bitmap(path: str, name: str, *ops: str) -> None:
 
 
 class QemuNbd:
-    """A ``qemu-nbd --read-only`` server on a unix socket, stopped by its pid."""
+    """A ``qemu-nbd`` server on a unix socket, stopped by its pid: read-only unless
+    ``writable`` (a restore into the image)."""
 
-    def __init__(self, image: str, socket_path: str, export_name: str, bitmap: str | None):
+    def __init__(
+        self,
+        image: str,
+        socket_path: str,
+        export_name: str,
+        bitmap: str | None,
+        *,
+        writable: bool = False,
+        fmt: str = "qcow2",
+    ):
         self.image = image
         self.socket_path = socket_path
         self.export_name = export_name
         self.bitmap = bitmap
+        self.writable = writable
+        self.fmt = fmt
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,10 +100,10 @@ class QemuNbd:
     def start(self, timeout: float = 10.0) -> None:
         argv = [
             "qemu-nbd",
-            "--read-only",
+            "--discard=unmap" if self.writable else "--read-only",
             "--persistent",
             "--shared=16",
-            "--format=qcow2",
+            f"--format={self.fmt}",
             f"--socket={self.socket_path}",
             f"--export-name={self.export_name}",
         ]
