@@ -12,11 +12,13 @@ from hypersdk.cli.output import OneLineParser, fail
 
 # Each command lives in its own module with add_parser() and run().
 COMMANDS = (
+    "hypersdk.cli.commands.init",
     "hypersdk.cli.commands.generations",
     "hypersdk.cli.commands.restore",
     "hypersdk.cli.commands.verify",
     "hypersdk.cli.commands.gc",
     "hypersdk.cli.commands.delete",
+    "hypersdk.cli.commands.key",
     "hypersdk.cli.lab",
 )
 

@@ -21,7 +21,7 @@ import secrets
 import socket
 import sys
 import unicodedata
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,12 @@ class Password:
     file: str | None = None
     prompt: bool = False
     env: str = ENV_PASSWORD
+    value: str | None = field(default=None, repr=False)  # known already (asked twice)
 
     def given(self) -> str | None:
         """A password given without asking (environment or file), or None."""
+        if self.value:
+            return self.value
         value = os.environ.get(self.env)
         if value:
             return value
@@ -309,3 +312,70 @@ def unlock(
     if not keys and bad:
         raise IntegrityError(f"{where}: no readable key file ({bad[0]})")
     raise PasswordError(f"wrong password for {where} (it opens none of its key files)")
+
+
+# -- managing the key files of an open repository -----------------------------------------
+#
+# These take the master key from the caller (a repository it unlocked) and hold
+# locks/keys.lock exclusively, so two removals at once cannot leave no key.
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ``hyperctl key list`` shows of a key file: nothing secret."""
+
+    id: str
+    created: str
+    host: str
+    user: str
+    kdf: str
+    in_use: bool
+
+
+def describe(store: KeyStore, repository_id: str, in_use: str | None) -> list[KeyInfo]:
+    keys, bad = store.read_all(repository_id)
+    for problem in bad:
+        log.warning("%s", problem)
+    out = []
+    for k in keys:
+        cost = f"scrypt N=2^{k.cost.log_n} r={k.cost.r} p={k.cost.p}"
+        if k.cost.log_n < DEFAULT_COST.log_n:
+            cost += " (weak: made for tests)"
+        out.append(KeyInfo(k.id, k.created, k.host, k.user, cost, k.id == in_use))
+    return sorted(out, key=lambda i: (i.created, i.id))
+
+
+def add_key(store: KeyStore, master: bytes, repository_id: str, password: str) -> KeyFile:
+    key = make_key_file(master, password, repository_id)
+    store.create(key)
+    return key
+
+
+def remove_key(store: KeyStore, repository_id: str, key_id: str, in_use: str | None) -> None:
+    """Remove a key file; refuses the last one, and the one that opened the repository
+    (prove another password first: a typo must not lock anybody out)."""
+    keys, _ = store.read_all(repository_id)
+    ids = {k.id for k in keys}
+    if key_id not in ids:
+        raise NotFoundError(f"no key {key_id!r} in this repository (hyperctl key list)")
+    if ids == {key_id}:
+        raise UsageError(f"key {key_id} is the repository's last key; add another one first")
+    if key_id == in_use:
+        raise UsageError(
+            f"key {key_id} is the one this password opens; remove it with another password"
+        )
+    store.remove(key_id)
+
+
+def change_password(
+    store: KeyStore, master: bytes, repository_id: str, key_id: str, password: str
+) -> KeyFile:
+    """Re-wrap the master key of key file ``key_id`` under a new password (new salt),
+    replacing the file atomically: the old password stops working, the others do not."""
+    keys, _ = store.read_all(repository_id)
+    old = next((k for k in keys if k.id == key_id), None)
+    if old is None:
+        raise NotFoundError(f"no key {key_id!r} in this repository")
+    key = make_key_file(master, password, repository_id, key_id=old.id, created=old.created)
+    store.replace(key)
+    return key

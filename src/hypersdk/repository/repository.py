@@ -129,9 +129,10 @@ class Repository:
         self,
         root: Path,
         config: RepositoryConfig,
-        keys: RepositoryKeys | None = None,
+        master: bytes | None = None,
         key_id: str | None = None,
     ) -> None:
+        keys = RepositoryKeys.from_master(master) if master is not None else None
         if (keys is None) != (config.encryption is None):
             raise ValueError("an encrypted repository needs its keys, a plain one none")
         self.root = root
@@ -140,6 +141,7 @@ class Repository:
         self.chunks = ChunkStore(self.layout)
         self.keys = keys
         self.key_id = key_id  # the key file that unlocked it
+        self._master = master
         self.codec = self._codec(Compression.parse(config.compression), config.compression_level)
         self._warned: set[str] = set()
 
@@ -150,6 +152,16 @@ class Repository:
     @property
     def key_store(self) -> KeyStore:
         return KeyStore(self.root, self.layout.tmp)
+
+    @contextmanager
+    def managing_keys(self) -> Iterator[tuple[KeyStore, bytes]]:
+        """The key files and the master key, under locks/keys.lock (exclusive), for
+        ``hyperctl key``. A plain repository has no keys: a UsageError."""
+        if self._master is None:
+            raise UsageError(f"{self.root} is not encrypted: it has no keys")
+        make_private_dirs(self.layout.locks)
+        with hold(self.layout.locks / "keys.lock", shared=False, what=f"the keys of {self.root}"):
+            yield self.key_store, self._master
 
     def _codec(self, compression: Compression, level: int) -> Codec:
         if self.keys is not None:
@@ -183,7 +195,7 @@ class Repository:
             return cls(path, config)
         store = KeyStore(path, layout.tmp)
         master, key_id = unlock(store, config.id, password, f"repository {path}")
-        return cls(path, config, RepositoryKeys.from_master(master), key_id)
+        return cls(path, config, master, key_id)
 
     @classmethod
     def open_or_init(
@@ -253,8 +265,7 @@ class Repository:
             raise RepositoryError(
                 f"cannot create repository at {path}: {exc.strerror or exc}"
             ) from exc
-        keys = RepositoryKeys.from_master(master) if master is not None else None
-        return cls(path, config, keys, key_id)
+        return cls(path, config, master, key_id)
 
     def _upgrade(self) -> None:
         """Mark a version 1 repository as version 2 before writing v2 objects into it

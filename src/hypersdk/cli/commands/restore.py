@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import prepare_restore
 from hypersdk.repository.restore import FORMATS, restore_disk
 
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--format", choices=FORMATS, default="raw")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.add_argument("--parallel", type=int, default=4)
+    add_password_flag(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -55,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
         args.quiet,
     )
     plan = prepare_restore(
-        opts.output, opts.vm, opts.generation, opts.disk, opts.to, force=opts.force
+        opts.output,
+        opts.vm,
+        opts.generation,
+        opts.disk,
+        opts.to,
+        force=opts.force,
+        password=password_from(args),
     )
     quiet = opts.quiet or opts.json
     with progress_bar(f"restore {plan.disk}", plan.capacity, enabled=not quiet) as tick:
