@@ -204,3 +204,24 @@ def test_segmented_seal_refuses_cut_or_reordered_segments(tmp_path: Path) -> Non
         path.write_bytes(bad)
         with pytest.raises(IntegrityError):
             read_stream(path)
+
+
+def test_delete_and_gc_keep_the_rest_restorable(
+    two: tuple[Repository, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, data = two
+    first, second = repo.generations("vm1")
+    monkeypatch.setenv("HYPERSDK_PASSWORD", PASSWORD)
+    for argv in (
+        ["delete", "--output", str(repo.root), "--vm", "vm1", "--generation", first.id],
+        ["gc", "--output", str(repo.root)],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "hypersdk.cli.hyperctl", *argv, "--json"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert [m.id for m in repo.generations("vm1")] == [second.id]
+    assert len(os.listdir(repo.root / "keys")) == 1  # gc leaves the key files alone
+    assert verify(repo.root)[0] == 0
+    assert restored_bytes(repo, second, "disk-0", repo.root.parent) == data

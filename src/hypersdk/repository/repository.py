@@ -192,6 +192,8 @@ class Repository:
             raise RepositoryError(f"cannot read {layout.config}: {exc.strerror}") from exc
         config = _parse_config(raw, str(layout.config))
         if config.encryption is None:
+            if password is not None and (password.file or password.value):
+                log.warning("%s is not encrypted: the password given is not used", path)
             return cls(path, config)
         store = KeyStore(path, layout.tmp)
         master, key_id = unlock(store, config.id, password, f"repository {path}")

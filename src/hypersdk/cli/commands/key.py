@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
+from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json
 from hypersdk.cli.password import (
     add_new_password_flag,
@@ -38,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    show_repository_warnings()  # e.g. a key file that cannot be read
     repo = Repository.open(args.output, password=password_from(args))
     rid = repo.config.id
     with repo.managing_keys() as (store, master):
