@@ -225,3 +225,23 @@ def test_delete_and_gc_keep_the_rest_restorable(
     assert len(os.listdir(repo.root / "keys")) == 1  # gc leaves the key files alone
     assert verify(repo.root)[0] == 0
     assert restored_bytes(repo, second, "disk-0", repo.root.parent) == data
+
+
+def test_a_config_edited_to_plain_or_lost_keys_are_refused(two: tuple[Repository, bytes]) -> None:
+    repo, _ = two
+    config = repo.root / "config"
+    doc = json.loads(config.read_text())
+    plain = {**doc, "version": 2, "hash": "sha256"}
+    del plain["encryption"]
+    config.write_text(json.dumps(plain))
+    # An export into it would otherwise write plaintext beside the sealed data.
+    with pytest.raises(IntegrityError, match="key files"):
+        Repository.open_or_init(repo.root, block_size=BS)
+    config.write_text(json.dumps({**doc, "version": 2}))  # encryption without version 3
+    with pytest.raises(IntegrityError, match="do not match"):
+        Repository.open(repo.root)
+    config.write_text(json.dumps(doc))
+    for key in (repo.root / "keys").iterdir():
+        key.unlink()
+    with pytest.raises(IntegrityError, match="no key files"):
+        Repository.open(repo.root, password=Password(value=PASSWORD))

@@ -252,6 +252,12 @@ class KeyStore:
             raise NotFoundError(f"no key {key_id!r} (key ids are hex)")
         return self.folder / key_id
 
+    def exists(self) -> bool:
+        """Whether any key file is here."""
+        return self.folder.is_dir() and any(
+            not p.name.endswith(".tmp") for p in self.folder.iterdir()
+        )
+
     def read_all(self, repository_id: str) -> tuple[list[KeyFile], list[str]]:
         """(readable key files of this repository, problems with the others)."""
         good: list[KeyFile] = []
@@ -311,6 +317,8 @@ def unlock(
             return master, key.id
     if not keys and bad:
         raise IntegrityError(f"{where}: no readable key file ({bad[0]})")
+    if not keys:
+        raise IntegrityError(f"{where} is encrypted but has no key files (keys/)")
     raise PasswordError(f"wrong password for {where} (it opens none of its key files)")
 
 

@@ -192,6 +192,13 @@ class Repository:
             raise RepositoryError(f"cannot read {layout.config}: {exc.strerror}") from exc
         config = _parse_config(raw, str(layout.config))
         if config.encryption is None:
+            if KeyStore(path, layout.tmp).exists():
+                # The config is not sealed: one edited to "plain" must not make the next
+                # export write plaintext beside sealed data.
+                raise IntegrityError(
+                    f"{layout.config}: says the repository is not encrypted, but it has "
+                    "key files (keys/): refusing to use it"
+                )
             if password is not None and (password.file or password.value):
                 log.warning("%s is not encrypted: the password given is not used", path)
             return cls(path, config)
