@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 from hypersdk.engine.export import ExportReport, ExportRequest, run_export
 from hypersdk.providers.base import Extent, Provider
-from hypersdk.repository.envelope import chunk_id
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 from hypersdk.state.history import History
@@ -65,7 +64,7 @@ def extents_since(repo: Repository, manifest: Manifest, disk: str, img: Path) ->
     with open(img, "rb") as f:
         for block in range(index.blocks):
             data = f.read(index.block_size)
-            new = chunk_id(data) if any(data) else None
+            new = repo.codec.chunk_id(data) if any(data) else None
             if new != index.get(block):
                 out.append(Extent(block * index.block_size, len(data)))
     return out

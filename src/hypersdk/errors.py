@@ -8,7 +8,9 @@ table users read; a test checks that it matches these classes.
 
     HyperSDKError                      exit 1, HTTP 500
     ├── UsageError                     exit 2, HTTP 422  bad flag or field value
-    │   └── ForbiddenPath                       HTTP 403  a path outside the allowed folders
+    │   ├── ForbiddenPath                       HTTP 403  a path outside the allowed folders
+    │   └── PasswordError                        HTTP 422  an encrypted repository's password
+    │                                                      is missing or wrong
     ├── NotFoundError                  exit 2, HTTP 404  no such VM, image, socket, repository,
     │                                                    generation, disk or job
     ├── ConflictError                  exit 1, HTTP 409  something else holds the resource
@@ -46,6 +48,12 @@ class ForbiddenPath(UsageError):
 
     http_status = 403
     code = "forbidden_path"
+
+
+class PasswordError(UsageError):
+    """An encrypted repository was opened without its password, or with a wrong one."""
+
+    code = "password_error"
 
 
 class NotFoundError(HyperSDKError):

@@ -12,6 +12,7 @@ from hypersdk.cli.output import OneLineParser, fail
 
 # Each command lives in its own module with add_parser() and run().
 COMMANDS = (
+    "hypersdk.cli.commands.init",
     "hypersdk.cli.commands.generations",
     "hypersdk.cli.commands.restore",
     "hypersdk.cli.commands.verify",
@@ -19,6 +20,7 @@ COMMANDS = (
     "hypersdk.cli.commands.delete",
     "hypersdk.cli.commands.prune",
     "hypersdk.cli.commands.status",
+    "hypersdk.cli.commands.key",
     "hypersdk.cli.lab",
 )
 

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
 
@@ -22,6 +22,7 @@ from hypersdk import __version__
 from hypersdk.cli.info import print_analysis
 from hypersdk.cli.numbers import float_in, int_in, size_in
 from hypersdk.cli.output import ByteProgress, OneLineParser, fail, human_bytes, print_json
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.analysis import analyze
 from hypersdk.engine.export import ExportReport, run_export
 from hypersdk.engine.request import (
@@ -40,6 +41,7 @@ from hypersdk.errors import ExportCancelled, UsageError
 from hypersdk.providers.base import Provider
 from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.factory import QEMU_PREFIXES, open_provider
+from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Repository
 from hypersdk.state.history import History
 
@@ -72,6 +74,8 @@ class Options:
     json: bool
     quiet: bool
     vsphere: VsphereSettings | None = None
+    # An encrypted repository's password; asked for only when one is needed.
+    password: Password = field(default_factory=Password)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM file(s), ':'-separated, trusted for vSphere besides the system store "
         "(else HYPERSDK_VSPHERE_CA_FILE or GOVC_TLS_CA_CERTS)",
     )
+    add_password_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return p
@@ -198,6 +203,7 @@ def to_options(args: argparse.Namespace) -> Options:
         json=args.json,
         quiet=args.quiet,
         vsphere=vsphere_settings(args),
+        password=password_from(args),
     )
 
 
@@ -265,7 +271,7 @@ def run(opts: Options) -> int:
                 opts, {"success": True, "message": f"CBT disabled successfully for {opts.vm}"}
             )
         if opts.action == "info":
-            repo = Repository.open(opts.output) if opts.output else None
+            repo = Repository.open(opts.output, password=opts.password) if opts.output else None
             analysis = analyze(provider, history, repo=repo, max_age=opts.max_age)
             print_analysis(analysis, as_json=opts.json)
             return 0
@@ -294,7 +300,11 @@ def _export(opts: Options, request: ExportRequest, provider: Provider, history: 
 
     try:
         report = run_export(
-            provider, request, history, ExportHooks(on_plan=on_plan, progress=bar.advance)
+            provider,
+            request,
+            history,
+            ExportHooks(on_plan=on_plan, progress=bar.advance),
+            password=opts.password,
         )
     finally:
         bar.close()

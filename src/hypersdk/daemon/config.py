@@ -14,6 +14,8 @@ TOML layout (every key optional)::
     allow_devices = false             # may a restore write to a block device?
     tls_cert = "/etc/hypersdk/cert.pem"   # required to listen on a non-loopback address
     tls_key = "/etc/hypersdk/key.pem"
+    password_file = "/etc/hypersdk/repo-password"   # encrypted repositories' password
+                                      # (first line; else HYPERSDK_PASSWORD); mode 0600
 
 The file may hold the token and the vSphere password: it must not be readable (or
 writable) by group or others, else the daemon refuses to start.
@@ -45,6 +47,7 @@ from hypersdk.providers.connection import (
     FOREIGN_SNAPSHOT_MAX_AGE_ENV,
     VsphereSettings,
 )
+from hypersdk.repository.keys import Password
 
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -66,6 +69,13 @@ class DaemonConfig:
     allow_devices: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    # The password of encrypted repositories (else HYPERSDK_PASSWORD): never a request
+    # field, never in a job record.
+    password_file: str | None = None
+
+    @property
+    def repository_password(self) -> Password:
+        return Password(file=self.password_file)
 
     def check(self) -> DaemonConfig:
         """Refuse settings that cannot work or are unsafe; returns self."""
@@ -91,6 +101,8 @@ class DaemonConfig:
         for folder in self.allow_paths:
             if not os.path.isdir(folder):
                 raise UsageError(f"allowed path {folder} is not an existing folder")
+        if self.password_file is not None:
+            _check_secret_file(self.password_file, "password_file")
         return self
 
     @property
@@ -105,6 +117,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _check_secret_file(path: str, name: str) -> None:
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise UsageError(f"{name} {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise UsageError(
+            f"{name} {path} is accessible by group or others (mode {mode:04o}): chmod 600 it"
+        )
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -201,6 +224,7 @@ def load_config(
     devices_v = pick(allow_devices or None, "HYPERSDK_ALLOW_DEVICES", "allow_devices")
     cert_v = pick(tls_cert, "HYPERSDK_TLS_CERT", "tls_cert")
     key_v = pick(tls_key, "HYPERSDK_TLS_KEY", "tls_key")
+    password_file_v = pick(None, "HYPERSDK_PASSWORD_FILE", "password_file")
 
     # vSphere: TOML values act as defaults below flags/env (VsphereSettings.resolve).
     vs_env = dict(e)
@@ -244,4 +268,7 @@ def load_config(
         allow_devices=_bool(devices_v, "allow_devices") if devices_v is not None else False,
         tls_cert=_str(cert_v, "tls_cert") if cert_v is not None else None,
         tls_key=_str(key_v, "tls_key") if key_v is not None else None,
+        password_file=_str(password_file_v, "password_file")
+        if password_file_v is not None
+        else None,
     ).check()

@@ -42,10 +42,10 @@ def _analyze(d: Daemon, body: VmOutputRequest) -> Analysis:
     d.check_vm(body.vm_path)
     repo: Repository | None = None
     if body.output is not None:
-        repo = Repository.open(d.output(body.output))
+        repo = Repository.open(d.output(body.output), password=d.config.repository_password)
     elif d.config.output is not None:
         try:
-            repo = Repository.open(d.config.output)
+            repo = Repository.open(d.config.output, password=d.config.repository_password)
         except NotFoundError:
             repo = None  # no export into the default repository yet: history alone
     with d.provider(body.vm_path) as provider:

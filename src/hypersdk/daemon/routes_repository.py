@@ -39,7 +39,8 @@ def list_generations(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    gens = catalog.list_generations(Repository.open(d.output(output)), vm)
+    repo = Repository.open(d.output(output), password=d.config.repository_password)
+    gens = catalog.list_generations(repo, vm)
     return {"generations": catalog.summaries(gens)}
 
 
@@ -65,11 +66,14 @@ def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
         body.force,
         since=body.since,
         compare=body.compare,
+        password=d.config.repository_password,
     )
     return d.runner.submit_restore(spec)
 
 
 @router.post("/verifications", response_model=Job, status_code=202)
 def create_verification(body: VerifyCreate, d: Dep) -> jobs.Job:
-    spec = prepare_verify(d.output(body.output), body.vm, body.generation)
+    spec = prepare_verify(
+        d.output(body.output), body.vm, body.generation, d.config.repository_password
+    )
     return d.runner.submit_verify(spec)

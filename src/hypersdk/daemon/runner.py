@@ -26,6 +26,7 @@ from hypersdk.engine.export import ExportHooks, ExportRequest, run_export
 from hypersdk.engine.restore_into import prepare_into, run_into
 from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, UsageError
 from hypersdk.providers.factory import check_exists, export_key, open_provider
+from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
 from hypersdk.repository.verify import select_with_damage, verify
@@ -243,13 +244,16 @@ class Runner:
             ctx.update(phase="deciding")
             hooks = ExportHooks(on_plan=ctx.plan, progress=ctx.advance, cancel=ctx.cancel)
             history = History(Path(self.config.state_dir))
-            report = run_export(provider, spec.request, history, hooks)
+            report = run_export(
+                provider, spec.request, history, hooks, password=self.config.repository_password
+            )
         finally:
             provider.close()
         ctx.update(bytes_done=report.bytes_read)
         return report.to_json()
 
     def _run_restore(self, ctx: JobContext, spec: RestoreSpec) -> dict[str, Any]:
+        password = self.config.repository_password
         if spec.into:
             job = prepare_into(
                 spec.output,
@@ -260,11 +264,12 @@ class Runner:
                 since=spec.since,
                 compare=spec.compare,
                 fmt=spec.format,
+                password=password,
             )
             ctx.plan(None, None, job.plan.progress_total)
             ctx.update(phase="comparing" if spec.compare else "restoring")
             return run_into(job, progress=ctx.advance, cancel=ctx.cancel).to_json()
-        repo = Repository.open(spec.output)
+        repo = Repository.open(spec.output, password=password)
         manifest = repo.generation(spec.vm, spec.generation)
         ctx.plan(None, None, spec.capacity)
         ctx.update(phase="restoring")
@@ -281,7 +286,7 @@ class Runner:
         return asdict(result)
 
     def _run_verify(self, ctx: JobContext, spec: VerifySpec) -> dict[str, Any]:
-        repo = Repository.open(spec.output)
+        repo = Repository.open(spec.output, password=self.config.repository_password)
         # A damaged manifest in the selection is reported as damage, like hyperctl verify.
         manifests, damaged = select_with_damage(repo, spec.vm, spec.generation)
         ctx.update(phase="checking")
@@ -304,10 +309,14 @@ def prepare_restore(
     *,
     since: str | None = None,
     compare: bool = False,
+    password: Password | None = None,
 ) -> RestoreSpec:
     """``vm`` is any name of the VM (catalog.resolve_vm); the job gets its id (and F's)."""
     if since is not None or compare:
-        job = prepare_into(output, vm, generation, disk, to, since=since, compare=compare, fmt=fmt)
+        job = prepare_into(
+            output, vm, generation, disk, to, since=since, compare=compare, fmt=fmt,
+            password=password,
+        )  # fmt: skip
         p = job.plan
         return RestoreSpec(
             output,
@@ -323,14 +332,17 @@ def prepare_restore(
         )
     if not Path(to).is_absolute():
         raise UsageError(f"'to' must be an absolute path, not {to!r}")
-    plan = catalog.prepare_restore(output, vm, generation, disk, to, force=force)
+    plan = catalog.prepare_restore(output, vm, generation, disk, to, force=force, password=password)
     return RestoreSpec(
         output, plan.vm_id, plan.manifest.id, plan.disk, str(plan.target), fmt, force, plan.capacity
     )
 
 
-def prepare_verify(output: str, vm: str | None, generation: str | None) -> VerifySpec:
+def prepare_verify(
+    output: str, vm: str | None, generation: str | None, password: Password | None = None
+) -> VerifySpec:
     if generation is not None and vm is None:
         raise UsageError("generation needs vm")
-    vm_id, _, _ = catalog.select_for_verify(Repository.open(output), vm, generation)
+    repo = Repository.open(output, password=password)
+    vm_id, _, _ = catalog.select_for_verify(repo, vm, generation)
     return VerifySpec(output, vm_id, generation)

@@ -26,6 +26,7 @@ from typing import Any
 from hypersdk.engine.audit import suspect_generations
 from hypersdk.errors import NotFoundError, UsageError
 from hypersdk.providers.factory import canonical_locator, derived_vm_id
+from hypersdk.repository.keys import Password
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import BadManifest, Repository
 from hypersdk.repository.restore import pick_disk
@@ -130,6 +131,7 @@ def prepare_restore(
     to: str | os.PathLike[str],
     *,
     force: bool,
+    password: Password | None = None,
 ) -> RestorePlan:
     """Check the target, then open the repository and resolve the VM, the generation and
     the disk, so that a mistake is reported before a job starts or a file is created."""
@@ -138,7 +140,7 @@ def prepare_restore(
         raise UsageError(f"{target} exists; overwriting it needs force")
     if not target.parent.is_dir():
         raise UsageError(f"folder {target.parent} does not exist")
-    repo = Repository.open(output)
+    repo = Repository.open(output, password=password)
     manifest = repo.generation(resolve_vm(repo, vm), generation)
     key = pick_disk(manifest, disk)
     capacity = next(d.capacity_bytes for d in manifest.disks if d.key == key)

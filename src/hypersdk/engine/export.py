@@ -17,6 +17,7 @@ from hypersdk.engine.request import ExportHooks, ExportRequest
 from hypersdk.engine.writer import GenerationResult, GenerationWriter, plan_disks
 from hypersdk.errors import ChangeIdInvalid, UsageError
 from hypersdk.providers.base import CbtStatus, FrozenDisk, Provider, VmIdentity
+from hypersdk.repository.keys import Password
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL, Repository
 from hypersdk.state.history import DiskEntry, ExportRecord, History
@@ -74,9 +75,12 @@ def run_export(
     request: ExportRequest,
     history: History,
     hooks: ExportHooks | None = None,
+    *,
+    password: Password | None = None,
 ) -> ExportReport:
     """Export the provider's VM as ``request`` says (already checked when it was built);
-    ``hooks`` watch and may cancel it."""
+    ``hooks`` watch and may cancel it. ``password``: an encrypted repository's (a new
+    repository is encrypted when one is given; without it, ``HYPERSDK_PASSWORD``)."""
     hooks = hooks or ExportHooks()
     started = time.monotonic()
     history.prepare()
@@ -87,6 +91,7 @@ def run_export(
         block_size=request.block_size or DEFAULT_BLOCK_SIZE,
         compression=request.compression or "zstd",
         compression_level=DEFAULT_ZSTD_LEVEL if level is None else level,
+        password=password,
     )
     if request.block_size is not None and request.block_size != repo.config.block_size:
         raise UsageError(

@@ -28,6 +28,7 @@ from hypersdk.engine.catalog import resolve_vm
 from hypersdk.errors import NotFoundError, UsageError
 from hypersdk.providers.factory import check_exists
 from hypersdk.providers.qemu import open_image, open_qemu_disk
+from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import pick_disk, read_chunk
 from hypersdk.repository.restore_into import (
@@ -77,6 +78,7 @@ def prepare_into(
     since: str | None,
     compare: bool,
     fmt: str | None = None,
+    password: Password | None = None,
 ) -> IntoJob:
     """Resolve the VM, G (``generation``), F (``since``) and the disk the way every
     command names them, and check the target, before anything is written."""
@@ -89,7 +91,7 @@ def prepare_into(
             "(a new vmdk file is restored without --since/--compare)"
         )
     kind, sniffed = target_kind(to, fmt)
-    repo = Repository.open(output)
+    repo = Repository.open(output, password=password)
     vm_id = resolve_vm(repo, vm)
     manifest = repo.generation(vm_id, generation)
     key = pick_disk(manifest, disk)

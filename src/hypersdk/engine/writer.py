@@ -316,7 +316,7 @@ def _copy_disk(
             return block, cid, 0, 0
         if stored is not None:
             log.warning("chunk %s is damaged on disk; writing it again", cid.hex())
-        sealed = repo.codec.seal(data)
+        sealed = repo.codec.seal(data, cid)
         batch.put(cid, sealed)
         return block, cid, len(sealed), 1 if stored is None else 2
 

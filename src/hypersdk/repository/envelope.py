@@ -14,6 +14,20 @@ endian:
 
 Version 1 (still read) is the same without the CRC: a 16-byte header.
 
+A sealed chunk (encrypted repositories, ``SealedCodec``) has its own magic:
+
+    offset size  field
+    0      4     magic b"HSCE"
+    4      1     sealed chunk version (1)
+    5      3     reserved, must be 0
+    8      12    nonce (random, fresh per object)
+    20     n+16  AES-256-GCM ciphertext and tag of: compression (1), reserved (3),
+                 plaintext length (4, little endian), payload (n - 8 bytes)
+
+Its associated data is bytes [0, 8) followed by the 32-byte chunk id, and the chunk id is
+HMAC-SHA256 of the plaintext under the repository's chunk-id key: the name reveals
+nothing without the key, and a sealed chunk put under another chunk's name fails to open.
+
 The chunk id is the SHA-256 of the plaintext. A reader checks magic, version, compression,
 lengths and (v2) the CRC before decompressing, and the hash after, raising
 ``IntegrityError`` on any mismatch: nothing unchecked ever leaves this module. The CRC
@@ -25,6 +39,7 @@ zeroed bytes, and a name alone proves nothing.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 import threading
 from enum import IntEnum
@@ -34,12 +49,17 @@ import lz4.block
 import zstandard
 
 from hypersdk.errors import IntegrityError, UsageError
+from hypersdk.repository.crypto import OVERHEAD, RepositoryKeys
 
 MAGIC = b"HSCK"
 VERSION = 2
 HEADER_V1 = struct.Struct("<4sBBHII")
 HEADER = struct.Struct("<4sBBHIII")  # version 2
 MAX_PLAINTEXT = 16 * 1024 * 1024
+SEALED_MAGIC = b"HSCE"
+SEALED_VERSION = 1
+SEALED_HEADER = struct.Struct("<4sB3s")  # magic, version, reserved
+SEALED_INNER = struct.Struct("<B3sI")  # compression, reserved, plaintext length
 
 
 class Compression(IntEnum):
@@ -88,8 +108,8 @@ class Codec:
         choose how it names them (an encrypted one uses a keyed hash)."""
         return chunk_id(plaintext)
 
-    def seal(self, plaintext: bytes) -> bytes:
-        """Header + payload. Falls back to no compression when it would not shrink."""
+    def _compress(self, plaintext: bytes) -> tuple[Compression, bytes]:
+        """(method, payload); no compression when it would not shrink the block."""
         method = self.compression
         payload: bytes = plaintext
         if method is Compression.ZSTD:
@@ -98,6 +118,12 @@ class Codec:
             payload = lz4.block.compress(plaintext, store_size=False)
         if method is not Compression.NONE and len(payload) >= len(plaintext):
             method, payload = Compression.NONE, plaintext
+        return method, payload
+
+    def seal(self, plaintext: bytes, chunk_id: bytes | None = None) -> bytes:
+        """Header + payload. ``chunk_id`` (this codec's name for ``plaintext``, when the
+        caller has it) saves a sealing codec from hashing the block again."""
+        method, payload = self._compress(plaintext)
         head = HEADER_V1.pack(MAGIC, VERSION, method, 0, len(plaintext), len(payload))
         crc: int = google_crc32c.extend(google_crc32c.value(head), payload)
         return head + crc.to_bytes(4, "little") + payload
@@ -105,6 +131,11 @@ class Codec:
     def open(self, blob: bytes, expected_id: bytes, where: str = "chunk") -> bytes:
         """Check and decode one object; ``where`` names it in error messages."""
         method, plain_len, payload = _unwrap(blob, where)
+        return self._decode(method, plain_len, payload, expected_id, where)
+
+    def _decode(
+        self, method: int, plain_len: int, payload: memoryview, expected_id: bytes, where: str
+    ) -> bytes:
         try:
             if method == Compression.NONE:
                 plaintext = bytes(payload)
@@ -133,6 +164,57 @@ class Codec:
                 _unwrap(blob, "chunk")
             else:
                 self.open(blob, expected_id)
+        except IntegrityError:
+            return False
+        return True
+
+
+class SealedCodec(Codec):
+    """The codec of an encrypted repository: chunks are named by HMAC-SHA256 under the
+    repository's chunk-id key and sealed with AES-256-GCM after compression."""
+
+    def __init__(
+        self, keys: RepositoryKeys, compression: Compression = Compression.ZSTD, level: int = 1
+    ) -> None:
+        super().__init__(compression, level)
+        self._keys = keys
+
+    def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
+        # hmac.digest is OpenSSL's one-shot HMAC: it drops the GIL like hashlib.
+        return hmac.digest(self._keys.id_key, plaintext, "sha256")
+
+    def seal(self, plaintext: bytes, chunk_id: bytes | None = None) -> bytes:
+        cid = self.chunk_id(plaintext) if chunk_id is None else chunk_id
+        method, payload = self._compress(plaintext)
+        head = SEALED_HEADER.pack(SEALED_MAGIC, SEALED_VERSION, bytes(3))
+        inner = SEALED_INNER.pack(method, bytes(3), len(plaintext))
+        return head + self._keys.seal(inner + payload, head + cid)
+
+    def _unseal(self, blob: bytes, expected_id: bytes, where: str) -> tuple[int, int, memoryview]:
+        if len(blob) < SEALED_HEADER.size + OVERHEAD + SEALED_INNER.size:
+            raise IntegrityError(f"{where}: truncated ({len(blob)} bytes)")
+        magic, version, reserved = SEALED_HEADER.unpack_from(blob)
+        if magic != SEALED_MAGIC:
+            raise IntegrityError(f"{where}: bad magic {magic!r} (not a sealed chunk)")
+        if version != SEALED_VERSION or reserved != bytes(3):
+            raise IntegrityError(f"{where}: unsupported sealed chunk version {version}")
+        if len(blob) > SEALED_HEADER.size + OVERHEAD + SEALED_INNER.size + MAX_PLAINTEXT:
+            raise IntegrityError(f"{where}: larger than any chunk")
+        head = blob[: SEALED_HEADER.size]
+        inner = self._keys.open(memoryview(blob)[SEALED_HEADER.size :], head + expected_id, where)
+        method, reserved, plain_len = SEALED_INNER.unpack_from(inner)
+        if reserved != bytes(3) or plain_len > MAX_PLAINTEXT or method not in iter(Compression):
+            raise IntegrityError(f"{where}: corrupt header")
+        return method, plain_len, memoryview(inner)[SEALED_INNER.size :]
+
+    def open(self, blob: bytes, expected_id: bytes, where: str = "chunk") -> bytes:
+        method, plain_len, payload = self._unseal(blob, expected_id, where)
+        return self._decode(method, plain_len, payload, expected_id, where)
+
+    def reusable(self, blob: bytes, expected_id: bytes) -> bool:
+        """Authenticated (GCM tag) under this name: enough to reuse, no decompression."""
+        try:
+            self._unseal(blob, expected_id, "chunk")
         except IntegrityError:
             return False
         return True

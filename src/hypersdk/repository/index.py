@@ -16,6 +16,10 @@ File layout (little endian):
 
 An index always describes the whole disk: an incremental index is its parent's with the
 changed blocks replaced, so any generation restores without its ancestors.
+
+In an encrypted repository the file holds these bytes as a sealed stream
+(``crypto.StreamReader``/``StreamWriter``: 1 MiB AES-256-GCM segments bound to the
+index's relative path), read and written through the same few calls as a plain file.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from hypersdk.errors import IntegrityError
+from hypersdk.repository.crypto import KIND_INDEX, RepositoryKeys, StreamReader, StreamWriter
 from hypersdk.repository.files import FILE_MODE
 
 MAGIC = b"HSIX"
@@ -105,21 +111,25 @@ class DiskIndex:
         return body + hashlib.sha256(body).digest()
 
     @classmethod
-    def read(cls, path: Path, expected_sha256: str, where: str = "index") -> DiskIndex:
+    def read(
+        cls,
+        path: Path,
+        expected_sha256: str,
+        where: str = "index",
+        keys: RepositoryKeys | None = None,
+    ) -> DiskIndex:
         """Read and check an index file: its SHA-256 must be ``expected_sha256`` (the
         manifest's), then every check of ``decode``. The file is read into one buffer
-        that becomes the entries (no copy); it is hashed once for both checksums."""
-        with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
+        that becomes the entries (no copy); it is hashed once for both checksums.
+        With ``keys`` the file is a sealed stream named ``where`` (its relative path)."""
+        src = _open_source(path, where, keys)
+        try:
+            size = src.size
             buf = bytearray(size)
-            view = memoryview(buf)
-            got = 0
-            while got < size:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            view.release()
+            with memoryview(buf) as view:
+                got = src.readinto(view, 0)
+        finally:
+            src.close()
         if got != size:
             raise IntegrityError(f"{where}: changed while it was read")
         h = hashlib.sha256()
@@ -185,25 +195,119 @@ _PIECE = 262144  # entries a piece: 8 MiB
 _ZERO_PIECE_BYTES = bytes(_PIECE * ENTRY)
 
 
+class _Source(Protocol):
+    """An index's bytes as stored: a plain file, or the plaintext of a sealed one."""
+
+    size: int
+
+    def readinto(self, view: memoryview, offset: int) -> int: ...
+    def is_hole(self, offset: int, size: int) -> bool: ...
+    def close(self) -> None: ...
+
+
+class _PlainSource:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+
+    def readinto(self, view: memoryview, offset: int) -> int:
+        got = 0
+        while got < len(view):
+            n = os.preadv(self.fd, [view[got:]], offset + got)
+            if not n:
+                break
+            got += n
+        return got
+
+    def is_hole(self, offset: int, size: int) -> bool:
+        return _is_hole(self.fd, offset, size)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _SealedSource:
+    def __init__(self, fd: int, reader: StreamReader) -> None:
+        self.fd, self.reader, self.size = fd, reader, reader.size
+
+    def readinto(self, view: memoryview, offset: int) -> int:
+        return self.reader.readinto(view, offset)
+
+    def is_hole(self, offset: int, size: int) -> bool:
+        return False  # a sealed stream has no holes: every segment is authenticated
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _open_source(path: Path, where: str, keys: RepositoryKeys | None) -> _Source:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if keys is None:
+        return _PlainSource(fd)
+    try:
+        return _SealedSource(fd, StreamReader(keys, KIND_INDEX, where, fd, where))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _pread(src: _Source, n: int, offset: int) -> bytes:
+    buf = bytearray(n)
+    with memoryview(buf) as view:
+        got = src.readinto(view, offset)
+    return bytes(buf[:got])
+
+
 @dataclass(frozen=True)
 class IndexSource:
     """A stored index an export builds on: its file, the SHA-256 its manifest records
-    and the name errors give it. Nothing is trusted before ``build_index`` checked it."""
+    and the name errors give it (its path relative to the repository, which is also
+    what a sealed index is bound to). Nothing is trusted before ``build_index`` checked
+    it. ``keys``: the repository's, when the index is sealed."""
 
     path: Path
     sha256: str
     where: str
+    keys: RepositoryKeys | None = None
 
     def check_header(self, capacity: int, block_size: int) -> None:
         """Refuse early (before any data is copied) an index of another disk geometry,
         a damaged header or a wrong size; the checksums are checked while it streams."""
         try:
-            with open(self.path, "rb", buffering=0) as f:
-                header = f.read(HEADER.size)
-                size = os.fstat(f.fileno()).st_size
+            src = _open_source(self.path, self.where, self.keys)
         except FileNotFoundError:
             raise IntegrityError(f"{self.where}: missing") from None
+        try:
+            header, size = _pread(src, HEADER.size, 0), src.size
+        finally:
+            src.close()
         _check_base_header(header, size, self.where, capacity, block_size)
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    """Where ``build_index`` writes: a new temp file; for an encrypted repository the
+    keys and the index's final relative path, which its segments are bound to."""
+
+    path: Path
+    name: str = ""
+    keys: RepositoryKeys | None = None
+
+
+class _Sink(Protocol):
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
+    def finish(self, size: int) -> None: ...
+
+
+class _PlainSink:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        _pwrite_all(self.fd, data, offset)
+
+    def finish(self, size: int) -> None:
+        os.ftruncate(self.fd, size)  # all-zero pieces left as holes count too
 
 
 def _check_base_header(
@@ -227,7 +331,7 @@ class BuiltIndex:
 
 
 def build_index(
-    dest: Path,
+    dest: Path | IndexTarget,
     capacity: int,
     block_size: int,
     base: IndexSource | None,
@@ -241,25 +345,32 @@ def build_index(
     Runs are sorted, disjoint ``[first, end)`` block ranges. ``base`` is checked as it
     streams (header, trailer, the manifest's SHA-256); IntegrityError if it fails, and
     ``dest`` is removed. Memory: two 8 MiB pieces, whatever the disk size. All-zero
-    pieces are left as holes, so a sparse disk's index costs little space and flushing."""
+    pieces are left as holes, so a sparse disk's index costs little space and flushing.
+    A sealed ``dest`` (an ``IndexTarget`` with keys) is written as a sealed stream."""
+    target = dest if isinstance(dest, IndexTarget) else IndexTarget(dest)
     count = block_count(capacity, block_size)
     if len(read_entries) != sum(e - f for f, e in read_runs) * ENTRY:
         raise ValueError("read_entries does not match read_runs")
     header = HEADER.pack(MAGIC, VERSION, HASH_SHA256, 0, block_size, 0, capacity, count)
     h_new = hashlib.sha256(header)
-    src = os.open(base.path, os.O_RDONLY | os.O_CLOEXEC) if base is not None else None
+    src = _open_source(base.path, base.where, base.keys) if base is not None else None
     fd = -1
     try:
         h_base = None
         if src is not None and base is not None:
-            head = os.pread(src, HEADER.size, 0)
-            _check_base_header(head, os.fstat(src).st_size, base.where, capacity, block_size)
+            head = _pread(src, HEADER.size, 0)
+            _check_base_header(head, src.size, base.where, capacity, block_size)
             h_base = hashlib.sha256(head)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(target.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(fd, FILE_MODE)  # whatever the umask
-        _pwrite_all(fd, header, 0)
+        out: _Sink = (
+            _PlainSink(fd)
+            if target.keys is None
+            else StreamWriter(target.keys, KIND_INDEX, target.name, fd)
+        )
+        out.pwrite(header, 0)
         piece = bytearray(min(_PIECE, count) * ENTRY)  # the base, as read
-        out = bytearray(len(piece))  # a patched piece
+        patched = bytearray(len(piece))  # a patched piece
         zeros = memoryview(_ZERO_PIECE_BYTES)
         starts: list[int] = []  # entry offset in read_entries of each read run
         at = 0
@@ -298,7 +409,7 @@ def build_index(
                     k += 1
                 hashed = None
                 offset = HEADER.size + p * ENTRY
-                if src is not None and h_base is not None and _is_hole(src, offset, size):
+                if src is not None and h_base is not None and src.is_hole(offset, size):
                     # A hole of the base reads as zeros: no read, copy or scan. (Were the
                     # file system wrong about it, the base's checksum would fail.)
                     hashed = pool.submit(h_base.update, zeros[:size])
@@ -306,8 +417,8 @@ def build_index(
                         h_new.update(zeros[:size])
                         hashed.result()
                         continue
-                    out[:size] = zeros[:size]
-                    buf = out
+                    patched[:size] = zeros[:size]
+                    buf = patched
                 elif src is not None and h_base is not None and base is not None:
                     _read_exactly(src, memoryview(piece)[:size], offset, base.where)
                     # The base's checksum runs on the other core meanwhile; an unpatched
@@ -315,11 +426,11 @@ def build_index(
                     hashed = pool.submit(h_base.update, memoryview(piece)[:size])
                     buf = piece
                     if patches:
-                        out[:size] = memoryview(piece)[:size]
-                        buf = out
+                        patched[:size] = memoryview(piece)[:size]
+                        buf = patched
                 elif patches:
-                    out[:size] = zeros[:size]
-                    buf = out
+                    patched[:size] = zeros[:size]
+                    buf = patched
                 else:
                     h_new.update(zeros[:size])  # nothing in this piece of a new index
                     continue
@@ -329,17 +440,17 @@ def build_index(
                 h_new.update(view)
                 found = _count_nonzero(buf, q - p)
                 if found:  # an all-zero piece stays a hole: nothing to write or flush
-                    _pwrite_all(fd, view, HEADER.size + p * ENTRY)
+                    out.pwrite(view, HEADER.size + p * ENTRY)
                 nonzero += found
                 if hashed is not None:
                     hashed.result()
         body_digest = h_new.digest()
         h_new.update(body_digest)
         end = HEADER.size + count * ENTRY
-        _pwrite_all(fd, body_digest, end)
-        os.ftruncate(fd, end + 32)
+        out.pwrite(body_digest, end)
+        out.finish(end + 32)
         if src is not None and h_base is not None and base is not None:
-            trailer = os.pread(src, 33, end)
+            trailer = _pread(src, 33, end)
             base_body = h_base.digest()
             h_base.update(trailer)
             if h_base.hexdigest() != base.sha256:
@@ -351,11 +462,11 @@ def build_index(
     except BaseException:
         if fd >= 0:
             os.close(fd)
-            dest.unlink(missing_ok=True)
+            target.path.unlink(missing_ok=True)
         raise
     finally:
         if src is not None:
-            os.close(src)
+            src.close()
     return BuiltIndex(h_new.hexdigest(), count, count - nonzero)
 
 
@@ -380,13 +491,9 @@ def _count_nonzero(buf: bytearray, n: int) -> int:
     return sum(1 for _ in _nonzero(buf, n))
 
 
-def _read_exactly(fd: int, view: memoryview, offset: int, where: str) -> None:
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if not n:
-            raise IntegrityError(f"{where}: truncated (changed while it was read)")
-        got += n
+def _read_exactly(src: _Source, view: memoryview, offset: int, where: str) -> None:
+    if src.readinto(view, offset) != len(view):
+        raise IntegrityError(f"{where}: truncated (changed while it was read)")
 
 
 def _is_hole(fd: int, offset: int, size: int) -> bool:

@@ -6,6 +6,7 @@ import argparse
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import delete_generation
 from hypersdk.repository.repository import Repository
 
@@ -15,13 +16,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--output", required=True, help="the repository folder")
     p.add_argument("--vm", required=True, help="the VM: its locator, id or name")
     p.add_argument("--generation", required=True, help="generation id")
+    add_password_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
-    m = delete_generation(Repository.open(args.output), args.vm, args.generation)
+    m = delete_generation(
+        Repository.open(args.output, password=password_from(args)), args.vm, args.generation
+    )
     if args.json:
         print_json({"deleted": m.id, "vm": m.vm_id})
     else:

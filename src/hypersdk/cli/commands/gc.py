@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.repository.gc import collect_garbage
 from hypersdk.repository.repository import Repository
 
@@ -15,13 +16,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("gc", help="remove unreferenced chunks and leftovers")
     p.add_argument("--output", required=True, help="the repository folder")
     p.add_argument("--dry-run", action="store_true", help="only say what would go")
+    add_password_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
-    report = collect_garbage(Repository.open(args.output), dry_run=args.dry_run)
+    report = collect_garbage(
+        Repository.open(args.output, password=password_from(args)), dry_run=args.dry_run
+    )
     if args.json:
         print_json({"dry_run": args.dry_run, **asdict(report)})
     else:

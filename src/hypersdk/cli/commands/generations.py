@@ -9,6 +9,7 @@ from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, print_table
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import list_generations, summaries
 from hypersdk.repository.repository import Repository
 
@@ -17,13 +18,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("generations", help="list the generations in a repository")
     p.add_argument("--output", required=True, help="the repository folder")
     p.add_argument("--vm", help="only this VM: its locator, id or name")
+    add_password_flag(p)
     p.add_argument("--json", action="store_true", help="print a JSON list, oldest first")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
-    gens = list_generations(Repository.open(args.output), args.vm)
+    gens = list_generations(Repository.open(args.output, password=password_from(args)), args.vm)
     if args.json:
         print_json(summaries(gens))
         return 0

@@ -10,6 +10,7 @@ from rich.table import Table
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.numbers import int_in
 from hypersdk.cli.output import human_bytes, print_json, print_table
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.prune import PruneItem, PruneReport, prune
 from hypersdk.engine.retention import Retention, parse_duration
 from hypersdk.repository.repository import Repository
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="keep every generation within DURATION of the newest (e.g. 7d, 2w, 1y6m, 12h)",
     )
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    add_password_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         **{f"keep_{rule}": getattr(args, f"keep_{rule}") for rule in RULES},
         keep_within=args.keep_within or "",
     )
-    repo = Repository.open(args.output)
+    repo = Repository.open(args.output, password=password_from(args))
     shown = not args.json and sys.stderr.isatty()
 
     def removed(item: PruneItem) -> None:

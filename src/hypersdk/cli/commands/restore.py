@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import prepare_restore
 from hypersdk.engine.restore_into import check_mode, prepare_into, run_into
+from hypersdk.repository.keys import Password
 from hypersdk.repository.restore import FORMATS, restore_disk
 
 
@@ -58,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="read the target, write the blocks that differ from the generation",
     )
     p.add_argument("--parallel", type=int, default=4)
+    add_password_flag(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -81,9 +84,15 @@ def run(args: argparse.Namespace) -> int:
     )
     check_mode(opts.since, opts.compare)
     if opts.since is not None or opts.compare:
-        return _run_into(opts)
+        return _run_into(opts, password_from(args))
     plan = prepare_restore(
-        opts.output, opts.vm, opts.generation, opts.disk, opts.to, force=opts.force
+        opts.output,
+        opts.vm,
+        opts.generation,
+        opts.disk,
+        opts.to,
+        force=opts.force,
+        password=password_from(args),
     )
     quiet = opts.quiet or opts.json
     with progress_bar(f"restore {plan.disk}", plan.capacity, enabled=not quiet) as tick:
@@ -107,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_into(opts: RestoreOptions) -> int:
+def _run_into(opts: RestoreOptions, password: Password) -> int:
     job = prepare_into(
         opts.output,
         opts.vm,
@@ -117,6 +126,7 @@ def _run_into(opts: RestoreOptions) -> int:
         since=opts.since,
         compare=opts.compare,
         fmt=opts.format,
+        password=password,
     )
     quiet = opts.quiet or opts.json
     what = "compare" if opts.compare else "restore changes"

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json, print_table
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import list_generations, summaries
 from hypersdk.engine.retention import parse_duration, subtract
 from hypersdk.repository.repository import Repository
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"a VM whose last generation is older is stale (default {DEFAULT_MAX_AGE}; "
         "e.g. 26h, 2d, 1w)",
     )
+    add_password_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     max_age = args.max_age or DEFAULT_MAX_AGE
     now = datetime.now(UTC)
     cutoff = subtract(now, max_age)
-    gens = list_generations(Repository.open(args.output))
+    gens = list_generations(Repository.open(args.output, password=password_from(args)))
     latest: dict[str, dict[str, Any]] = {}
     for row in summaries(gens):  # oldest first: the last one of a VM wins
         latest[row["vm"]] = row

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import print_json
+from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import select_for_verify
 from hypersdk.errors import UsageError
 from hypersdk.repository.repository import Repository
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--vm", help="only this VM: its locator, id or name")
     p.add_argument("--generation", help="generation id or 'latest' (needs --vm)")
     p.add_argument("--parallel", type=int, default=4)
+    add_password_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
     if args.generation and not args.vm:
         raise UsageError("--generation needs --vm")
-    repo = Repository.open(args.output)
+    repo = Repository.open(args.output, password=password_from(args))
     _, manifests, damaged = select_for_verify(repo, args.vm, args.generation)
     report = verify(repo, manifests, parallel=args.parallel, damaged=damaged)
     if args.json:
