@@ -100,7 +100,8 @@ class Overlay:
         self.block_size = block_size
         self.capacity = capacity
         self.state = bytearray(blocks)
-        self._file = tempfile.TemporaryFile(prefix="hypersdk-overlay-", dir=folder)
+        # Kept open for the export's lifetime, closed by close().
+        self._file = tempfile.TemporaryFile(prefix="hypersdk-overlay-", dir=folder)  # noqa: SIM115
         self.fd = self._file.fileno()
         os.ftruncate(self.fd, capacity)
         self.lock = threading.Lock()

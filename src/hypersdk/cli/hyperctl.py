@@ -14,6 +14,7 @@ from hypersdk.cli.output import OneLineParser, fail
 COMMANDS = (
     "hypersdk.cli.commands.generations",
     "hypersdk.cli.commands.restore",
+    "hypersdk.cli.commands.serve",
     "hypersdk.cli.commands.verify",
     "hypersdk.cli.commands.gc",
     "hypersdk.cli.commands.delete",

@@ -313,7 +313,9 @@ class _Connection:
         if backend is None:
             return await self._reply_error(option, p.REP_ERR_UNKNOWN, f"no export {name!r}")
         flags = _transmission_flags(backend)
-        await self._reply(option, p.REP_INFO, p.encode_info_export(p.ExportInfo(backend.size, flags)))
+        await self._reply(
+            option, p.REP_INFO, p.encode_info_export(p.ExportInfo(backend.size, flags))
+        )
         if p.INFO_BLOCK_SIZE in types:
             preferred = max(512, min(backend.preferred_block_size, MAX_PAYLOAD))
             sizes = p.BlockSizeInfo(1, preferred, MAX_PAYLOAD)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 
+from hypersdk.access.image import restore_image
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
 from hypersdk.engine.catalog import prepare_restore
-from hypersdk.repository.restore import FORMATS, restore_disk
+from hypersdk.repository.restore import FORMATS
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     )
     quiet = opts.quiet or opts.json
     with progress_bar(f"restore {plan.disk}", plan.capacity, enabled=not quiet) as tick:
-        result = restore_disk(
+        result = restore_image(
             plan.repo,
             plan.manifest,
             plan.disk,
