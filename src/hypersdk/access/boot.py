@@ -4,9 +4,10 @@ wait for an expected line on its serial console.
 The disk is served read-only over NBD on a unix socket in a private temp folder; QEMU
 opens it with ``snapshot=on``, so the guest's writes go to a throwaway qcow2 overlay
 QEMU makes and deletes itself: the repository is never changed. KVM is used when
-``/dev/kvm`` can be opened, else TCG. The serial console (COM1) goes to a file in the
-temp folder; the check passes as soon as ``expect`` appears in it, and fails when the
-timeout passes or QEMU exits first. QEMU is always stopped by its pid afterwards.
+``/dev/kvm`` can be opened, else TCG (or as the caller chooses). The serial console
+(COM1) goes to a file in the temp folder; the check passes as soon as ``expect``
+appears in it, and fails when the timeout passes or QEMU exits first. QEMU is always
+stopped by its pid afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hypersdk.repository.repository import Repository
 DEFAULT_EXPECT = "login:"
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MEMORY_MIB = 512
+ACCELERATORS = ("auto", "kvm", "tcg")
 _POLL = 0.05
 _TAIL = 2000  # characters of console output kept in the result
 
@@ -69,13 +71,20 @@ def boot_check(
     expect: str = DEFAULT_EXPECT,
     timeout: float = DEFAULT_TIMEOUT,
     memory_mib: int = DEFAULT_MEMORY_MIB,
+    accel: str = "auto",
 ) -> BootResult:
+    """``accel``: "kvm", "tcg", or "auto" (KVM when /dev/kvm opens, else TCG)."""
+    if accel not in ACCELERATORS:
+        raise UsageError(f"unknown accelerator {accel!r}: choose auto, kvm or tcg")
     if not expect:
         raise UsageError("--expect must not be empty")
     if timeout <= 0:
         raise UsageError("--timeout must be more than 0 seconds")
     tool = qemu_system()
-    accel = "kvm" if kvm_usable() else "tcg"
+    if accel == "auto":
+        accel = "kvm" if kvm_usable() else "tcg"
+    elif accel == "kvm" and not kvm_usable():
+        raise UsageError("--accel kvm: /dev/kvm cannot be opened")
     wanted = expect.encode()
     with (
         tempfile.TemporaryDirectory(prefix="hypersdk-boot-") as tmp,

@@ -17,7 +17,7 @@ import urllib.parse
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from hypersdk.errors import ConflictError, UsageError
+from hypersdk.errors import UsageError
 from hypersdk.nbd.server import ExportBackend, NbdServer, unlink_socket
 
 LOOPBACK = "127.0.0.1"
@@ -40,7 +40,7 @@ class Listen:
             if len(os.fsencode(os.path.abspath(self.socket))) > _SUN_PATH_MAX:
                 raise UsageError(f"socket path {self.socket} is too long for a unix socket")
             if os.path.lexists(self.socket):
-                raise ConflictError(f"{self.socket} exists; choose another socket path")
+                raise UsageError(f"{self.socket} exists; choose another socket path")
             folder = os.path.dirname(os.path.abspath(self.socket))
             if not os.path.isdir(folder):
                 raise UsageError(f"folder {folder} does not exist")

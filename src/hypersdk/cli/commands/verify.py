@@ -6,13 +6,18 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from hypersdk.access.boot import DEFAULT_EXPECT, DEFAULT_TIMEOUT, BootResult, boot_check
+from hypersdk.access.boot import (
+    ACCELERATORS,
+    DEFAULT_EXPECT,
+    DEFAULT_TIMEOUT,
+    BootResult,
+    boot_check,
+)
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.numbers import float_in
 from hypersdk.cli.output import print_json
 from hypersdk.engine.catalog import select_for_verify
 from hypersdk.errors import UsageError
-from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import pick_disk
 from hypersdk.repository.verify import verify
@@ -42,6 +47,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_TIMEOUT,
         help=f"with --boot: seconds to wait for it (default {DEFAULT_TIMEOUT:.0f})",
     )
+    p.add_argument(
+        "--accel",
+        choices=ACCELERATORS,
+        default="auto",
+        help="with --boot: auto (KVM when /dev/kvm is usable, else TCG), kvm or tcg",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -60,7 +71,14 @@ def run(args: argparse.Namespace) -> int:
     report = verify(repo, manifests, parallel=args.parallel, damaged=damaged)
     boot: BootResult | None = None
     if args.boot and report.ok and manifests:
-        boot = _boot(repo, manifests[-1], args.disk, args.expect, args.timeout)
+        boot = boot_check(
+            repo,
+            manifests[-1],
+            pick_disk(manifests[-1], args.disk),
+            expect=args.expect,
+            timeout=args.timeout,
+            accel=args.accel,
+        )
     ok = report.ok and (boot is None or boot.ok)
     if args.json:
         doc = {"ok": ok, **asdict(report)}
@@ -92,9 +110,3 @@ def run(args: argparse.Namespace) -> int:
         elif args.boot:
             print("boot skipped: the generation has damage")
     return 0 if ok else 1
-
-
-def _boot(
-    repo: Repository, manifest: Manifest, disk: str | None, expect: str, timeout: float
-) -> BootResult:
-    return boot_check(repo, manifest, pick_disk(manifest, disk), expect=expect, timeout=timeout)
