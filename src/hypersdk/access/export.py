@@ -258,8 +258,10 @@ class RepositoryExport:
                 if data is None:
                     pieces.append(Piece(n))
                 else:
-                    rel = pos - start
-                    pieces.append(Piece(n, data if n == len(data) else data[rel : rel + n]))
+                    rel = pos - start  # a view, not a copy: replies go out from the cache
+                    pieces.append(
+                        Piece(n, data if n == len(data) else memoryview(data)[rel : rel + n])
+                    )
             pos = stop
         self._count(length)
         return _merge_holes(pieces)
