@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -312,3 +313,43 @@ def test_stop_removes_the_socket_and_refuses_an_existing_path(tmp_path: Path) ->
     with pytest.raises(UsageError):
         BackgroundServer(MemoryBackend(bytes(4096)), Listen(socket=str(taken))).start()  # type: ignore[arg-type]
     assert taken.read_text() == "mine"
+
+
+class BigBackend(MemoryBackend):
+    """1 GiB of one repeated 32 MiB buffer; counts the reads it served."""
+
+    BLOCK = memoryview(bytes(range(256)) * (32 * 4096))
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self.reads = 0
+
+    @property
+    def size(self) -> int:
+        return 1 << 30
+
+    def read(self, offset: int, length: int) -> Sequence[Piece]:
+        self.reads += 1
+        return [Piece(length, self.BLOCK[:length])]
+
+
+def test_a_client_that_does_not_read_replies_cannot_pile_up_memory(tmp_path: Path) -> None:
+    backend = BigBackend()
+    sock = tmp_path / "big.sock"
+    with BackgroundServer(backend, Listen(socket=str(sock))):  # type: ignore[arg-type]
+        raw = Raw(sock)
+        raw.go(structured=True)
+        size = 32 << 20
+        for i in range(12):
+            raw.s.sendall(p.encode_request(0, p.CMD_READ, i, i * size, size))
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        # 64 MiB in flight at most: two 32 MiB reads (a third may be waiting to start)
+        assert backend.reads <= 3
+        seen = set()
+        while len(seen) < 12:
+            head, body = raw.chunk()
+            assert head.reply_type == p.REPLY_TYPE_OFFSET_DATA and len(body) == 8 + size
+            seen.add(head.cookie)
+        assert backend.reads == 12

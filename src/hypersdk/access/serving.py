@@ -40,7 +40,10 @@ class Listen:
             if len(os.fsencode(os.path.abspath(self.socket))) > _SUN_PATH_MAX:
                 raise UsageError(f"socket path {self.socket} is too long for a unix socket")
             if os.path.lexists(self.socket):
-                raise UsageError(f"{self.socket} exists; choose another socket path")
+                raise UsageError(
+                    f"{self.socket} exists; choose another socket path (a socket left by a "
+                    "killed server may be removed by hand)"
+                )
             folder = os.path.dirname(os.path.abspath(self.socket))
             if not os.path.isdir(folder):
                 raise UsageError(f"folder {folder} does not exist")

@@ -10,7 +10,8 @@ the server speaks:
   OFFSET_DATA and OFFSET_HOLE chunks (holes where the backend knows the bytes are zero),
   errors as ERROR chunks with a message;
 - the meta context ``base:allocation`` (the only one): zero ranges are ``HOLE|ZERO``;
-- any number of connections and, on each, up to ``max_in_flight`` requests at once.
+- any number of connections and, on each, up to ``max_in_flight`` requests at once
+  (and at most ``IN_FLIGHT_BYTES`` of read and write payloads: memory stays bounded).
   Backend calls are blocking and run in a thread pool, so replies may come back out of
   order (the cookie matches them, as the protocol allows).
 
@@ -47,6 +48,9 @@ MAX_STATUS_LENGTH = 0xFFFFFFFF
 BASE_ALLOCATION_ID = 1
 _HANDSHAKE_TIMEOUT = 30.0
 _SEND_BUFFER = 4 * 1024 * 1024
+IN_FLIGHT_BYTES = 64 * 1024 * 1024
+"""Read and write payloads one connection may hold at once (requests wait beyond)."""
+_PAYLOAD_COMMANDS = (p.CMD_READ, p.CMD_WRITE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +201,7 @@ class _Connection:
         self.export: ExportBackend | None = None
         self.export_name = ""
         self.flags = 0
-        self.slots = asyncio.Semaphore(server.max_in_flight)
+        self.bytes_in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def _read(self, n: int) -> bytes:
@@ -362,23 +366,31 @@ class _Connection:
                 req = p.decode_request(header)
             except p.NbdProtocolError as exc:
                 raise _Drop(str(exc)) from exc
+            if req.command == p.CMD_DISC:
+                if self.tasks:
+                    await asyncio.gather(*self.tasks, return_exceptions=True)
+                return
+            # Memory per connection stays bounded: a client that sends reads and never
+            # reads the replies waits here once its requests in flight hold the budget.
+            cost = min(req.length, MAX_PAYLOAD) if req.command in _PAYLOAD_COMMANDS else 0
+            while self.tasks and (
+                len(self.tasks) >= self.server.max_in_flight
+                or self.bytes_in_flight + cost > IN_FLIGHT_BYTES
+            ):
+                await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
             payload = b""
             if req.command == p.CMD_WRITE:
                 if req.length > MAX_PAYLOAD:
                     raise _Drop(f"write of {req.length} bytes is larger than {MAX_PAYLOAD}")
                 payload = await self._read(req.length)
-            if req.command == p.CMD_DISC:
-                if self.tasks:
-                    await asyncio.gather(*self.tasks, return_exceptions=True)
-                return
-            await self.slots.acquire()
+            self.bytes_in_flight += cost
             task = asyncio.create_task(self._handle(backend, req, payload))
             self.tasks.add(task)
-            task.add_done_callback(self._done)
+            task.add_done_callback(lambda t, cost=cost: self._done(t, cost))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], cost: int) -> None:
         self.tasks.discard(task)
-        self.slots.release()
+        self.bytes_in_flight -= cost
 
     async def _handle(self, backend: ExportBackend, req: p.Request, payload: bytes) -> None:
         try:

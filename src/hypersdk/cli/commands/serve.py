@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import signal
 import sys
 import threading
@@ -63,6 +65,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
     opts = ServeOptions(
@@ -76,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
         args.json,
     )
     opts.listen.check()
+    if opts.listen.port is not None and not _loopback(opts.listen.host):
+        print(
+            f"hyperctl: warning: NBD has no authentication: anyone who can reach "
+            f"{opts.listen.host}:{opts.listen.port} can read the disk"
+            + (" and write to its overlay" if opts.writable else ""),
+            file=sys.stderr,
+        )
+    os.umask(0o077)  # the socket is private from the moment it is bound
     repo = Repository.open(opts.output)
     manifest = repo.generation(resolve_vm(repo, opts.vm), opts.generation)
     key = pick_disk(manifest, opts.disk)
