@@ -262,10 +262,12 @@ def test_bad_requests_get_error_replies_and_the_connection_goes_on(
     backend.fail_at = None
     raw.request(p.CMD_READ, GRAIN, GRAIN)  # a hole, as one chunk
     head, body = raw.chunk()
-    assert head.reply_type == p.REPLY_TYPE_OFFSET_HOLE and p.decode_offset_hole(body) == (
-        GRAIN,
-        GRAIN,
-    )
+    assert head.reply_type == p.REPLY_TYPE_OFFSET_HOLE
+    assert p.decode_offset_hole(body) == (GRAIN, GRAIN)
+    raw.request(p.CMD_READ, 0, 3 * GRAIN, flags=p.CMD_FLAG_DF)  # data + hole: one chunk
+    head, body = raw.chunk()
+    assert head.done and head.reply_type == p.REPLY_TYPE_OFFSET_DATA
+    assert body[8:] == bytes(backend.data[: 3 * GRAIN])
 
 
 def test_simple_replies_without_structured_negotiation(

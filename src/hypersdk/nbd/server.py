@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -386,9 +387,9 @@ class _Connection:
             self.bytes_in_flight += cost
             task = asyncio.create_task(self._handle(backend, req, payload))
             self.tasks.add(task)
-            task.add_done_callback(lambda t, cost=cost: self._done(t, cost))
+            task.add_done_callback(functools.partial(self._done, cost=cost))
 
-    def _done(self, task: asyncio.Task[None], cost: int) -> None:
+    def _done(self, task: asyncio.Task[None], *, cost: int) -> None:
         self.tasks.discard(task)
         self.bytes_in_flight -= cost
 
@@ -453,6 +454,10 @@ class _Connection:
             for x in pieces:
                 self.writer.write(x.data if x.data is not None else bytes(x.length))
             return
+        if req.flags & p.CMD_FLAG_DF and len(pieces) > 1:
+            # "don't fragment": one content chunk for the whole read
+            joined = b"".join(x.data if x.data is not None else bytes(x.length) for x in pieces)
+            pieces = [Piece(len(joined), joined)]
         offset = req.offset
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
@@ -482,7 +487,7 @@ class _Connection:
 
 
 def _transmission_flags(backend: ExportBackend) -> int:
-    flags = p.TFLAG_HAS_FLAGS
+    flags = p.TFLAG_HAS_FLAGS | p.TFLAG_SEND_DF
     if backend.writable:
         flags |= (
             p.TFLAG_SEND_FLUSH | p.TFLAG_SEND_FUA | p.TFLAG_SEND_TRIM | p.TFLAG_SEND_WRITE_ZEROES
