@@ -7,9 +7,12 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from hypersdk.access.image import restore_image
+from hypersdk.errors import ExportCancelled
 from tests.access.conftest import SIZE, Served
 
 
@@ -142,5 +145,18 @@ def test_a_qcow2_restore_of_a_damaged_generation_leaves_nothing(served_repo: Ser
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 1 and "qemu-img convert to qcow2" in proc.stderr, proc.stderr
+    assert not out.exists()
+    assert [p.name for p in s.tmp.iterdir() if ".restore-" in p.name] == []
+
+
+def test_a_cancelled_qcow2_restore_stops_qemu_img_and_leaves_nothing(served_repo: Served) -> None:
+    s = served_repo
+    cancel = threading.Event()
+    out = s.tmp / "out.qcow2"
+    with pytest.raises(ExportCancelled):
+        restore_image(
+            s.repo, s.second, "disk-0", out, fmt="qcow2", progress=lambda _: cancel.set(),
+            cancel=cancel,
+        )  # fmt: skip
     assert not out.exists()
     assert [p.name for p in s.tmp.iterdir() if ".restore-" in p.name] == []

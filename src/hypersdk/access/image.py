@@ -80,14 +80,15 @@ class NbdConverter:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
             try:
                 while True:
+                    # checked after qemu-img ends too: a cancel is never published
+                    if self.cancel is not None and self.cancel.is_set():
+                        raise ExportCancelled("restore cancelled; the partial output was removed")
                     try:
                         code = proc.wait(_POLL)
-                        break
                     except subprocess.TimeoutExpired:
-                        if self.cancel is not None and self.cancel.is_set():
-                            raise ExportCancelled(
-                                "restore cancelled; the partial output was removed"
-                            ) from None
+                        continue
+                    if self.cancel is None or not self.cancel.is_set():
+                        break
             finally:
                 stop_process(proc)  # by its pid; a no-op once it has exited
             if code != 0:
