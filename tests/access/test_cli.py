@@ -13,6 +13,7 @@ import pytest
 
 from hypersdk.access.image import restore_image
 from hypersdk.errors import ExportCancelled
+from hypersdk.nbd import NbdClient
 from tests.access.conftest import SIZE, Served
 
 
@@ -55,8 +56,11 @@ def test_serve_a_socket_until_a_signal(served_repo: Served, sig: signal.Signals)
         out = s.tmp / "copy.raw"
         subprocess.run(["nbdcopy", str(doc["uri"]), str(out)], check=True, timeout=30)
         assert out.read_bytes() == s.images[s.first.id].read_bytes()
+        idle = NbdClient.connect(f"unix:{sock}")  # a client still connected at the stop
+        assert idle.pread(0, 512) == out.read_bytes()[:512]
         proc.send_signal(sig)
         assert proc.wait(10) == 0
+        idle.close()
     finally:
         if proc.poll() is None:
             proc.kill()
