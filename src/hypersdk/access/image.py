@@ -65,7 +65,7 @@ class NbdConverter:
                 self.repo, self.manifest, self.disk_key, on_read=self.progress
             ) as export,
             BackgroundServer(
-                export, Listen(socket=os.path.join(tmp, "nbd.sock")), workers=self.parallel
+                export, Listen(socket=os.path.join(tmp, "nbd.sock")), workers=2 * self.parallel
             ) as server,
         ):
             cmd = [tool, "convert", "-q", "-W", "-m", str(_COROUTINES)]

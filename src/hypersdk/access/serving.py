@@ -76,7 +76,7 @@ class BackgroundServer:
         backend: ExportBackend,
         listen: Listen,
         *,
-        workers: int = 4,
+        workers: int = 8,
         description: str = "",
     ) -> None:
         self.backend = backend

@@ -111,6 +111,9 @@ class _Drop(Exception):
 class NbdServer:
     """Serves ``exports`` (name -> backend) until :meth:`close`.
 
+    ``workers`` threads run backend calls: more than the cores, because a request for a
+    chunk another request is decoding waits for it in its thread.
+
     ``await start_unix(path)`` or ``await start_tcp(host, port)`` binds; the server is
     then accepting. ``close()`` stops accepting, ends every connection and waits for them.
     """
@@ -119,7 +122,7 @@ class NbdServer:
         self,
         exports: dict[str, ExportBackend],
         *,
-        workers: int = 4,
+        workers: int = 8,
         max_in_flight: int = 16,
         max_connections: int = 16,
         description: str = "",
