@@ -110,6 +110,7 @@ def test_nbdinfo_sees_size_flags_and_holes(
     info = _run("nbdinfo", server.uri)
     assert f"export-size: {SIZE}" in info
     assert "is_read_only: true" in info and "can_multi_conn: true" in info
+    assert "can_df: true" in info
     assert "base:allocation" in info
     mapped = [line.split() for line in _run("nbdinfo", "--map", server.uri).splitlines()]
     assert mapped[0][:3] == ["0", str(GRAIN), "0"]
@@ -278,6 +279,7 @@ def test_simple_replies_without_structured_negotiation(
     raw.s.sendall(p.encode_option(p.OPT_EXPORT_NAME, b""))
     info = p.decode_export_name_reply(raw.recv(10))  # NO_ZEROES: no padding
     assert info.size == SIZE and info.transmission_flags & p.TFLAG_READ_ONLY
+    assert not info.transmission_flags & p.TFLAG_SEND_DF  # DF needs structured replies
     raw.request(p.CMD_READ, GRAIN - 8, 16)
     reply = p.decode_simple_reply(raw.recv(16))
     assert reply.error == 0 and raw.recv(16) == bytes(backend.data[GRAIN - 8 : GRAIN + 8])

@@ -326,7 +326,7 @@ class _Connection:
         backend = self.server.exports.get(name)
         if backend is None:
             return await self._reply_error(option, p.REP_ERR_UNKNOWN, f"no export {name!r}")
-        flags = _transmission_flags(backend)
+        flags = _transmission_flags(backend, self.structured)
         await self._reply(
             option, p.REP_INFO, p.encode_info_export(p.ExportInfo(backend.size, flags))
         )
@@ -347,7 +347,7 @@ class _Connection:
     def _choose(self, name: str, backend: ExportBackend) -> None:
         self.export = backend
         self.export_name = name
-        self.flags = _transmission_flags(backend)
+        self.flags = _transmission_flags(backend, self.structured)
         if not self.structured:
             self.base_allocation = False
 
@@ -489,8 +489,10 @@ class _Connection:
         )
 
 
-def _transmission_flags(backend: ExportBackend) -> int:
-    flags = p.TFLAG_HAS_FLAGS | p.TFLAG_SEND_DF
+def _transmission_flags(backend: ExportBackend, structured: bool) -> int:
+    flags = p.TFLAG_HAS_FLAGS
+    if structured:  # "don't fragment" means nothing without structured replies
+        flags |= p.TFLAG_SEND_DF
     if backend.writable:
         flags |= (
             p.TFLAG_SEND_FLUSH | p.TFLAG_SEND_FUA | p.TFLAG_SEND_TRIM | p.TFLAG_SEND_WRITE_ZEROES
