@@ -94,10 +94,10 @@ class BackgroundServer:
         self._loop.run_forever()
 
     def start(self) -> str:
-        self.listen.check()
-        self._thread.start()
-        fut: Future[int | None] = asyncio.run_coroutine_threadsafe(self._bind(), self._loop)
         try:
+            self.listen.check()
+            self._thread.start()
+            fut: Future[int | None] = asyncio.run_coroutine_threadsafe(self._bind(), self._loop)
             self.port = fut.result()
         except BaseException:
             self.stop()
