@@ -162,3 +162,11 @@ def test_concurrent_partial_writes_to_one_block_keep_both(served_repo: Served) -
         for i in range(8):
             assert block[i * 4096 : i * 4096 + 100] == bytes([i + 1]) * 100
             assert block[i * 4096 + 100 : (i + 1) * 4096] == base[i * 4096 + 100 : (i + 1) * 4096]
+
+
+def test_gc_is_refused_while_a_generation_is_served(served_repo: Served) -> None:
+    s = served_repo
+    with RepositoryExport(s.repo, s.first, "disk-0"):
+        proc = hyperctl("gc", "--output", str(s.repo.root))
+        assert proc.returncode == 1 and "locked" in proc.stderr, proc.stderr
+    assert hyperctl("gc", "--output", str(s.repo.root)).returncode == 0
