@@ -37,6 +37,7 @@ bench:
 	$(VENV)/python bench/bench_vsphere.py
 	$(VENV)/python bench/bench_scale.py
 	$(VENV)/python bench/bench_audit.py
+	$(VENV)/python bench/bench_serve.py
 	$(VENV)/python bench/bench_peers.py
 
 clean:

@@ -22,9 +22,10 @@ ALLOWED: dict[str, set[str]] = {
     "state": {"errors", "repository"},
     "providers": {"errors", "nbd", "processes"},
     "engine": {"errors", "providers", "repository", "state"},
+    "access": {"errors", "nbd", "processes", "repository"},  # instant access over NBD
     "lab": {"errors", "processes"},
-    "cli": {"errors", "cmdline", "engine", "providers", "repository", "state", "lab"},
-    "daemon": {"errors", "cmdline", "engine", "providers", "repository", "state"},
+    "cli": {"errors", "cmdline", "engine", "providers", "repository", "state", "lab", "access"},
+    "daemon": {"errors", "cmdline", "engine", "providers", "repository", "state", "access"},
     "client": set(),  # the SDK stays light: nothing of the product below it
 }
 

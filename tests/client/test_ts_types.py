@@ -38,6 +38,8 @@ RESPONSES = {
     "JobList": "JobList",
     "LastExport": "LastExport",
     "LastExportDisk": "LastExportDisk",
+    "ServeSession": "ServeSession",
+    "ServeSessionList": "ServeSessionList",
 }
 # Request bodies: the options interface (camelCase fields) and the fields the client
 # takes as method arguments instead.
@@ -45,6 +47,7 @@ REQUESTS = {
     "ExportCreate": ("ExportOptions", {"vm_path"}),
     "RestoreCreate": ("RestoreOptions", set()),
     "VerifyCreate": ("VerifyOptions", set()),
+    "ServeSessionCreate": ("ServeSessionOptions", set()),
 }
 # Bodies the client builds from its arguments alone (client.ts): their fields are pinned,
 # so a new one fails here until the SDK's method takes it.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hypersdk.access.image import restore_image
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
 from tests.chain import BS, export
@@ -46,7 +47,7 @@ def test_repository_and_restored_images_are_private(tmp_path: Path) -> None:
 
     for fmt in ("raw", "qcow2", "vmdk"):
         out = tmp_path / f"restored.{fmt}"
-        restore_disk(repo, first.manifest, "disk-0", out, fmt=fmt)
+        restore_image(repo, first.manifest, "disk-0", out, fmt=fmt)
         assert stat.S_IMODE(out.stat().st_mode) == 0o600, fmt
     # also when an existing (readable) file is overwritten
     out = tmp_path / "restored.raw"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hypersdk.access.image import restore_image
 from hypersdk.errors import ConflictError, ExportCancelled, LockedError
 from hypersdk.repository.gc import collect_garbage
 from hypersdk.repository.repository import Repository
@@ -96,13 +97,13 @@ def test_a_file_that_appears_during_a_restore_is_not_replaced(
             out.write_bytes(b"not yours")
 
     with pytest.raises(ConflictError, match="appeared during the restore"):
-        restore_disk(repo, m, "disk-0", out, fmt=fmt, progress=someone_writes_the_target)
+        restore_image(repo, m, "disk-0", out, fmt=fmt, progress=someone_writes_the_target)
     assert out.read_bytes() == b"not yours"
     assert seen == [0o700]
     assert _leftovers(dest_dir) == []
 
     # with force the file is replaced, atomically, and no temp folder is left either
-    result = restore_disk(repo, m, "disk-0", out, fmt=fmt, force=True)
+    result = restore_image(repo, m, "disk-0", out, fmt=fmt, force=True)
     assert result.path == str(out) and out.read_bytes() != b"not yours"
     assert _leftovers(dest_dir) == []
 

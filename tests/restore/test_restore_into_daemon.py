@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hypersdk import ForbiddenError, HyperSDK, InvalidRequestError, NotFoundError
-from hypersdk.repository.restore import restore_disk
+from hypersdk.access.image import restore_image
 from tests.chain import BS
 from tests.daemon.live import Hypervisord
 from tests.qemu.helpers import image_bytes
@@ -25,7 +25,7 @@ def test_daemon_restores_into_a_file_and_a_qsd_disk(tmp_path: Path) -> None:
     allowed.mkdir()
     target = pair.restore(pair.f, allowed / "t.raw")
     image = allowed / "disk0.qcow2"
-    restore_disk(pair.repo, pair.f, "disk-0", image, fmt="qcow2")
+    restore_image(pair.repo, pair.f, "disk-0", image, fmt="qcow2")
     outside = pair.restore(pair.f, tmp_path / "outside.raw")
     with (
         Hypervisord(tmp_path / "hvd", output=pair.repo.root, allow=(allowed,), token=TOKEN) as hvd,
@@ -57,7 +57,7 @@ def test_daemon_restores_into_a_file_and_a_qsd_disk(tmp_path: Path) -> None:
             client.restore("vm1", str(allowed / "missing.raw"), compare=True)
         # a qcow2 target's backing chain is opened too: every file of it must be allowed
         base = tmp_path / "base.qcow2"
-        restore_disk(pair.repo, pair.f, "disk-0", base, fmt="qcow2")
+        restore_image(pair.repo, pair.f, "disk-0", base, fmt="qcow2")
         overlay = allowed / "overlay.qcow2"
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from hypersdk.access.image import restore_image
 from hypersdk.engine.restore_into import prepare_into, run_into
 from hypersdk.errors import ConflictError, ExportCancelled, UsageError
-from hypersdk.repository.restore import restore_disk
 from hypersdk.repository.restore_into import IntoResult
 from tests.chain import BS
 from tests.qemu.helpers import image_bytes
@@ -30,7 +30,7 @@ UNCHANGED = (0, 1, 2, 5, 47)  # blocks that differ in neither F nor G (see make_
 
 
 def _qcow2_of(pair: Pair, path: Path) -> Path:
-    restore_disk(pair.repo, pair.f, "disk-0", path, fmt="qcow2")
+    restore_image(pair.repo, pair.f, "disk-0", path, fmt="qcow2")
     return path
 
 
@@ -81,7 +81,7 @@ def test_since_into_a_qcow2_file(tmp_path: Path) -> None:
 def test_compare_into_a_damaged_qcow2_file(tmp_path: Path) -> None:
     pair = make_pair(tmp_path)
     image = tmp_path / "target.qcow2"
-    restore_disk(pair.repo, pair.g, "disk-0", image, fmt="qcow2")
+    restore_image(pair.repo, pair.g, "disk-0", image, fmt="qcow2")
     write = _qemu_io_write(image)
     for b in (6, 30):
         write(b * BS + 4096, bytes([0x77]) * 4096)  # type: ignore[operator]
@@ -229,7 +229,7 @@ def test_a_raw_disk_that_looks_like_qcow2_is_not_guessed(tmp_path: Path) -> None
 def test_a_vmdk_target_is_refused(tmp_path: Path) -> None:
     pair = make_pair(tmp_path)
     vmdk = tmp_path / "t.vmdk"
-    restore_disk(pair.repo, pair.f, "disk-0", vmdk, fmt="vmdk")
+    restore_image(pair.repo, pair.f, "disk-0", vmdk, fmt="vmdk")
     before = vmdk.read_bytes()
     with pytest.raises(UsageError, match="is a vmdk image"):
         _into(pair, str(vmdk), since=pair.f.id)

@@ -28,6 +28,9 @@ import {
   type ListExportsFilters,
   type RestoreJob,
   type RestoreOptions,
+  type ServeSession,
+  type ServeSessionList,
+  type ServeSessionOptions,
   type StreamOptions,
   type VerifyJob,
   type VerifyOptions,
@@ -305,6 +308,37 @@ export class HyperSDK {
     return this.request('POST', '/verifications', {
       body: { output: options.output, vm: options.vm, generation: options.generation },
     });
+  }
+
+  // ------------------------------------------------------------ Serve sessions
+
+  /** `POST /serve-sessions`: serve a disk of a generation over NBD (201); `uri` names it. */
+  startServeSession(options: ServeSessionOptions): Promise<ServeSession> {
+    return this.request('POST', '/serve-sessions', {
+      body: {
+        output: options.output,
+        vm: options.vm,
+        generation: options.generation,
+        disk: options.disk,
+        writable: options.writable,
+      },
+    });
+  }
+
+  /** `GET /serve-sessions`: the open sessions, oldest first. */
+  async listServeSessions(): Promise<ServeSession[]> {
+    const doc = await this.request<ServeSessionList>('GET', '/serve-sessions');
+    return doc.sessions;
+  }
+
+  /** `GET /serve-sessions/{id}`. */
+  getServeSession(id: string): Promise<ServeSession> {
+    return this.request('GET', `/serve-sessions/${encodeURIComponent(id)}`);
+  }
+
+  /** `DELETE /serve-sessions/{id}`: stop serving (socket and overlay removed). */
+  stopServeSession(id: string): Promise<ServeSession> {
+    return this.request('DELETE', `/serve-sessions/${encodeURIComponent(id)}`);
   }
 
   // ------------------------------------------------------------------- Service

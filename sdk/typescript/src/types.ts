@@ -272,6 +272,29 @@ export interface GenerationList {
   generations: Generation[];
 }
 
+/** A generation's disk served over NBD by the daemon (instant access). */
+export interface ServeSession {
+  id: string;
+  output: string;
+  /** The VM id the name resolved to. */
+  vm: string;
+  generation: string;
+  disk: string;
+  size: number;
+  writable: boolean;
+  /** `nbd+unix:///?socket=...`: a unix socket on the daemon's host. */
+  uri: string;
+  socket: string;
+  created: string;
+  /** NBD clients connected now. */
+  connections: number;
+  bytes_read: number;
+}
+
+export interface ServeSessionList {
+  sessions: ServeSession[];
+}
+
 // ------------------------------------------------------------------------- Service
 
 /** `GET /health` */
@@ -338,6 +361,19 @@ export interface VerifyOptions {
   output?: string;
   vm?: string;
   generation?: string;
+}
+
+/** `startServeSession` options (`POST /serve-sessions`). */
+export interface ServeSessionOptions {
+  /** The VM: its id in the repository, the locator it was exported with, or its name. */
+  vm: string;
+  output?: string;
+  /** Generation id or `latest` (the default). */
+  generation?: string;
+  /** Disk key; may be left out when the VM has one disk. */
+  disk?: string;
+  /** Accept writes into a temporary overlay dropped when the session stops. */
+  writable?: boolean;
 }
 
 /** `waitForExport` options. */

@@ -5,6 +5,7 @@
  */
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -248,6 +249,27 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
       HyperSDKAPIError,
     );
     assert.ok(existsSync(to));
+  });
+
+  it('serve sessions: start, read over NBD, list, stop', async () => {
+    const session = await client.startServeSession({ output: repo, vm: vmId });
+    assert.equal(session.vm, vmId);
+    assert.equal(session.size, 64 * MiB);
+    assert.equal(session.writable, false);
+    assert.ok(session.uri.startsWith('nbd+unix:///?socket='), session.uri);
+    const copy = path.join(work, 'served.raw');
+    execFileSync('nbdcopy', [session.uri, copy]);
+    assert.deepEqual(readFileSync(copy), readFileSync(path.join(work, 'restored.raw')));
+    assert.deepEqual(
+      (await client.listServeSessions()).map((s) => s.id),
+      [session.id],
+    );
+    assert.ok((await client.getServeSession(session.id)).bytes_read > 0);
+    const stopped = await client.stopServeSession(session.id);
+    assert.equal(stopped.id, session.id);
+    assert.ok(!existsSync(session.socket));
+    const err = await client.getServeSession(session.id).catch((e: unknown) => e);
+    assert.ok(err instanceof NotFoundError, String(err));
   });
 
   it('a second export of the same VM while one runs is 409; cancelling a running one', async () => {

@@ -15,6 +15,7 @@ COMMANDS = (
     "hypersdk.cli.commands.init",
     "hypersdk.cli.commands.generations",
     "hypersdk.cli.commands.restore",
+    "hypersdk.cli.commands.serve",
     "hypersdk.cli.commands.verify",
     "hypersdk.cli.commands.gc",
     "hypersdk.cli.commands.delete",

@@ -191,6 +191,39 @@ class AsyncHyperSDK:
         )
         return result
 
+    # -- serve sessions (instant access over NBD) ------------------------------------------
+
+    async def start_serve_session(
+        self,
+        vm: str,
+        generation: str = "latest",
+        disk: str | None = None,
+        output: str | None = None,
+        writable: bool = False,
+    ) -> dict[str, Any]:
+        """Serve one disk of a generation over NBD on a unix socket of the daemon's host;
+        returns the session (``uri``: ``nbd+unix:///?socket=...``). ``writable`` keeps
+        writes in an overlay dropped when the session stops."""
+        result: dict[str, Any] = await self._send(
+            c.start_serve_session(
+                vm=vm, generation=generation, disk=disk, output=output, writable=writable
+            )
+        )
+        return result
+
+    async def list_serve_sessions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._send(c.list_serve_sessions())
+        return result
+
+    async def get_serve_session(self, session_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.get_serve_session(session_id))
+        return result
+
+    async def stop_serve_session(self, session_id: str) -> dict[str, Any]:
+        """Stop serving: connections are closed, the socket and any overlay removed."""
+        result: dict[str, Any] = await self._send(c.stop_serve_session(session_id))
+        return result
+
     # -- service --------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:

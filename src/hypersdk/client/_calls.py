@@ -97,6 +97,28 @@ def verify(**fields: Any) -> Call:
     return Call("POST", "/verifications", _drop_none(**fields))
 
 
+def _session_path(session_id: str) -> str:
+    if not session_id:
+        raise ValueError("session id is empty")
+    return f"/serve-sessions/{quote(session_id, safe='')}"
+
+
+def start_serve_session(**fields: Any) -> Call:
+    return Call("POST", "/serve-sessions", _drop_none(**fields))
+
+
+def list_serve_sessions() -> Call:
+    return Call("GET", "/serve-sessions", unwrap="sessions")
+
+
+def get_serve_session(session_id: str) -> Call:
+    return Call("GET", _session_path(session_id))
+
+
+def stop_serve_session(session_id: str) -> Call:
+    return Call("DELETE", _session_path(session_id))
+
+
 def health() -> Call:
     return Call("GET", "/health")
 

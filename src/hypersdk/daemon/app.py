@@ -8,13 +8,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from hypersdk import __version__
-from hypersdk.daemon import errors, routes_cbt, routes_exports, routes_repository, routes_service
+from hypersdk.daemon import (
+    errors,
+    routes_cbt,
+    routes_exports,
+    routes_repository,
+    routes_serve,
+    routes_service,
+)
 from hypersdk.daemon.auth import TokenAuth
 from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.guards import BodyGuard, EventStreamLimit, LoopbackHost
 from hypersdk.daemon.jobs import JobStore
 from hypersdk.daemon.paths import AllowedPaths
 from hypersdk.daemon.runner import Runner
+from hypersdk.daemon.sessions import ServeSessions
 from hypersdk.daemon.state import Daemon
 from hypersdk.daemon.token import load_or_create_token
 from hypersdk.state.folder import prepare_state_dir
@@ -37,12 +45,14 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     store.recover()
     runner = Runner(config, store)
     state = Daemon(config, store, runner, allowed_paths(config))
+    sessions = ServeSessions(config.state_dir, password=config.repository_password)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            sessions.close()
             runner.shutdown()
             store.close()
 
@@ -57,8 +67,9 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
         strict_content_type=True,  # the default since FastAPI 0.132; said out loud
     )
     app.state.daemon = state
+    app.state.serve_sessions = sessions
     errors.install(app)
-    for module in (routes_service, routes_cbt, routes_exports, routes_repository):
+    for module in (routes_service, routes_cbt, routes_exports, routes_repository, routes_serve):
         app.include_router(module.router)
     # Added innermost first: a request meets LoopbackHost, TokenAuth, EventStreamLimit,
     # BodyGuard, then the route.

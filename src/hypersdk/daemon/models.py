@@ -285,6 +285,39 @@ class GenerationList(BaseModel):
     generations: list[Generation]
 
 
+# -- serve sessions ------------------------------------------------------------------
+
+
+class ServeSessionCreate(_Request):
+    output: str | None = _output()
+    vm: str = _vm_name(...)
+    generation: str = _name("latest", "generation id or 'latest'")
+    disk: str | None = _name(None, "disk key (may be left out when the VM has one disk)")
+    writable: bool = Field(
+        default=False,
+        description="accept writes into a temporary overlay dropped when the session stops",
+    )
+
+
+class ServeSession(BaseModel):
+    id: str
+    output: str
+    vm: str = Field(description="the VM id the name resolved to")
+    generation: str
+    disk: str
+    size: int
+    writable: bool
+    uri: str = Field(description="nbd+unix:///?socket=... (a socket on the daemon's host)")
+    socket: str
+    created: str
+    connections: int
+    bytes_read: int
+
+
+class ServeSessionList(BaseModel):
+    sessions: list[ServeSession]
+
+
 # -- service -------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hypersdk.access.image import restore_image
 from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.jobs import RESTARTED, Job, JobKind, JobState, JobStore, now_iso
 from hypersdk.engine import catalog
@@ -28,7 +29,6 @@ from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, Usage
 from hypersdk.providers.factory import check_exists, export_key, open_provider
 from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import Repository
-from hypersdk.repository.restore import restore_disk
 from hypersdk.repository.verify import select_with_damage, verify
 from hypersdk.state.history import History
 
@@ -273,7 +273,7 @@ class Runner:
         manifest = repo.generation(spec.vm, spec.generation)
         ctx.plan(None, None, spec.capacity)
         ctx.update(phase="restoring")
-        result = restore_disk(
+        result = restore_image(
             repo,
             manifest,
             spec.disk,

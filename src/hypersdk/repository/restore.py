@@ -1,8 +1,10 @@
 """Restore one disk of one generation to a file.
 
-Raw images are written sparse: zero blocks stay holes. qcow2 and vmdk are made from a
-sparse raw temp file by ``qemu-img convert``. Every chunk is checked against its hash as
-it is read; on any failure the partial output is removed and nothing is left behind.
+Raw images are written sparse: zero blocks stay holes. qcow2 and vmdk are written by an
+``ImageConverter`` the caller hands in (``hypersdk.access.image``: ``qemu-img convert``
+reading the generation served over NBD, with no raw intermediate). Every chunk is
+checked against its hash as it is read; on any failure the partial output is removed
+and nothing is left behind.
 
 Temp files live in a private (0700) folder beside the target, on the same file system,
 and the finished image (0600) is published by one rename: without ``force`` a rename that
@@ -16,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import threading
 import uuid
 from collections import deque
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from hypersdk.errors import (
     ConflictError,
@@ -38,6 +40,13 @@ from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 
 FORMATS = ("raw", "qcow2", "vmdk")
+
+
+class ImageConverter(Protocol):
+    """Writes the disk being restored as a new ``fmt`` image at ``out`` (a path in the
+    restore's private work folder) and returns the data bytes it wrote."""
+
+    def __call__(self, out: Path, fmt: str) -> int: ...
 
 
 @dataclass
@@ -86,11 +95,15 @@ def restore_disk(
     parallel: int = 4,
     progress: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
+    convert: ImageConverter | None = None,
 ) -> RestoreResult:
     """``cancel`` is checked between blocks; when set, ExportCancelled is raised and
-    the partial output removed."""
+    the partial output removed. ``convert`` writes qcow2 and vmdk (see the module
+    docstring); raw needs none."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}: choose raw, qcow2 or vmdk")
+    if fmt != "raw" and convert is None:
+        raise UsageError(f"--format {fmt} is written through hypersdk.access.image.restore_image")
     dest = Path(target)
     is_device = dest.exists() and stat.S_ISBLK(dest.stat().st_mode)
     if dest.exists() and not force:
@@ -108,7 +121,7 @@ def restore_disk(
             )
         else:
             written = _restore_file(
-                repo, index, dest, where, fmt, force, parallel, progress, cancel
+                repo, index, dest, where, fmt, force, parallel, progress, cancel, convert
             )
     return RestoreResult(
         vm_id=manifest.vm_id,
@@ -132,6 +145,7 @@ def _restore_file(
     parallel: int,
     progress: Callable[[int], None] | None,
     cancel: threading.Event | None,
+    convert: ImageConverter | None = None,
 ) -> int:
     """Write the image in a private temp folder beside ``dest``, then publish it."""
     work = dest.with_name(f".{dest.name}.restore-{uuid.uuid4().hex[:8]}")
@@ -141,14 +155,14 @@ def _restore_file(
     except OSError as exc:
         raise RepositoryError(f"cannot write in {dest.parent}: {exc.strerror}") from exc
     try:
-        raw = work / "image.raw"
-        written = _write_raw(
-            repo, index, raw, where, parallel, progress, sparse=True, cancel=cancel
-        )
-        image = raw
-        if fmt != "raw":
+        if convert is None:
+            image = work / "image.raw"
+            written = _write_raw(
+                repo, index, image, where, parallel, progress, sparse=True, cancel=cancel
+            )
+        else:
             image = work / f"image.{fmt}"
-            _convert(raw, image, fmt)
+            written = convert(image, fmt)
             os.chmod(image, FILE_MODE)  # qemu-img creates it by the umask
             _fsync(image)
         try:
@@ -264,18 +278,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _convert(raw: Path, out: Path, fmt: str) -> None:
-    qemu_img = shutil.which("qemu-img")
-    if qemu_img is None:
-        raise UsageError("--format qcow2/vmdk needs qemu-img (Debian package qemu-utils)")
-    proc = subprocess.run(
-        [qemu_img, "convert", "-q", "-f", "raw", "-O", fmt, str(raw), str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-        raise RepositoryError(f"qemu-img convert to {fmt}: {msg}")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 
+from hypersdk.access.image import restore_image
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
 from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import prepare_restore
 from hypersdk.engine.restore_into import check_mode, prepare_into, run_into
 from hypersdk.repository.keys import Password
-from hypersdk.repository.restore import FORMATS, restore_disk
+from hypersdk.repository.restore import FORMATS
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     )
     quiet = opts.quiet or opts.json
     with progress_bar(f"restore {plan.disk}", plan.capacity, enabled=not quiet) as tick:
-        result = restore_disk(
+        result = restore_image(
             plan.repo,
             plan.manifest,
             plan.disk,
