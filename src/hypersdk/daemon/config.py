@@ -45,6 +45,8 @@ from hypersdk.providers.connection import (
     FOREIGN_SNAPSHOT_MAX_AGE_ENV,
     VsphereSettings,
 )
+from hypersdk.repository.storage import is_url
+from hypersdk.repository.storage.urls import parse_s3_url
 
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -89,7 +91,7 @@ class DaemonConfig:
                 "give --tls-cert and --tls-key (or tls_cert/tls_key in the config file)"
             )
         for folder in self.allow_paths:
-            if not os.path.isdir(folder):
+            if not is_url(folder) and not os.path.isdir(folder):
                 raise UsageError(f"allowed path {folder} is not an existing folder")
         return self
 
@@ -149,7 +151,14 @@ def _paths(value: object, name: str) -> tuple[str, ...]:
         items = list(value)
     else:
         raise UsageError(f"{name} must be a list of folders")
-    return tuple(os.path.abspath(os.path.expanduser(_str(p, name))) for p in items)
+    return tuple(_location(_str(p, name)) for p in items)
+
+
+def _location(value: str) -> str:
+    """A folder made absolute, or an s3:// URL checked and spelled one way."""
+    if is_url(value):
+        return str(parse_s3_url(value))
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def _bool(value: object, name: str) -> bool:
@@ -229,9 +238,7 @@ def load_config(
         state_dir=Path(_str(state_v, "state_dir")).expanduser()
         if state_v is not None
         else Path.home() / ".hypersdk",
-        output=os.path.abspath(os.path.expanduser(_str(output_v, "output")))
-        if output_v is not None
-        else None,
+        output=_location(_str(output_v, "output")) if output_v is not None else None,
         api_token=_str(token_v, "api_token") or None if token_v is not None else None,
         max_concurrent_exports=_int(max_v, "max_concurrent_exports")
         if max_v is not None

@@ -197,7 +197,7 @@ class S3Storage:
         try:
             result = self._call(
                 key,
-                lambda: obstore.put(self._store, key, data, mode={"e_tag": tag, "version": None}),
+                lambda: obstore.put(self._store, key, data, mode={"e_tag": tag}),
             )
         except (AlreadyExistsError, PreconditionError, FileNotFoundError):
             return None
