@@ -18,6 +18,7 @@ from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 NO_NUL = r"^[^\x00]+$"
 ABSOLUTE = r"^/[^\x00]*$"
+REPOSITORY = r"^(/|s3://)[^\x00]*$"  # a folder (absolute path) or an s3:// URL
 
 
 def _vm_path() -> Any:
@@ -34,8 +35,9 @@ def _output() -> Any:
         default=None,
         min_length=1,
         max_length=4096,
-        pattern=ABSOLUTE,
-        description="repository folder (absolute path); default: the daemon's",
+        pattern=REPOSITORY,
+        description="repository: a folder (absolute path) or s3://bucket/prefix; "
+        "default: the daemon's",
     )
 
 
