@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -44,8 +45,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+@contextmanager
+def running_s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port until the context ends (stopped by pid)."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -66,6 +68,12 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(endpoint, proc.pid)
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with running_s3_server() as server:
+        yield server
 
 
 @pytest.fixture
