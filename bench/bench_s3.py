@@ -111,9 +111,7 @@ def repositories(server: S3Server, work: Path, size_mib: int, parallel: int) -> 
         repo = Repository.open_or_init(location)
         t_exp, result = timed(export, repo, {"disk-0": img}, parallel=parallel)
         target = work / f"restore-{name}.raw"
-        t_res, _ = timed(
-            restore_disk, repo, result.manifest, "disk-0", target, parallel=max(parallel, 8)
-        )
+        t_res, _ = timed(restore_disk, repo, result.manifest, "disk-0", target, parallel=parallel)
         if target.read_bytes() != img.read_bytes():
             raise SystemExit(f"{name}: the restored image differs")
         target.unlink()

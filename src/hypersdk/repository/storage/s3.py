@@ -3,9 +3,12 @@
 Built on obstore (Rust's object_store): one well-kept client with conditional PUTs
 (``If-None-Match: *`` for put-if-absent, ``If-Match`` for leases), multipart uploads,
 and retries with exponential backoff and jitter on 5xx, dropped connections and
-timeouts. bench/bench_s3.py measured it against boto3 on the same server; obstore was
-faster on small chunk PUTs and ranged GETs and releases the GIL in every call, so the
-export's worker threads and the upload pool run in parallel without an event loop.
+timeouts, in one API (boto3 needs botocore's own retry and transfer configuration for
+the same). bench/bench_s3.py measured both against the same server (moto, 512 KiB
+objects, 8 threads): obstore 1.10x boto3 on conditional PUTs, 1.15x on GETs, 1.10x on
+ranged GETs. It releases the GIL in every call, so the export's workers and the upload
+pool run in parallel without an event loop, and it imports in 12 ms against boto3's
+130 ms (the CLI starts per command).
 
 Credentials, region and endpoint come from the standard AWS variables
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``
