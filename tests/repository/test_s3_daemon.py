@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hypersdk.daemon.config import load_config
 from hypersdk.daemon.paths import AllowedPaths
 from hypersdk.errors import ForbiddenPath, UsageError
 from tests.daemon.live import Hypervisord, wait_job
@@ -62,3 +63,18 @@ def test_daemon_exports_to_an_allowed_url_and_refuses_others(
             assert r.status_code == 403, r.text
         r = http.get("/generations", params={"output": f"{allowed}/../x"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_argument", r.text
+
+
+def test_allowed_urls_from_the_environment_and_the_default_output(tmp_path: Path) -> None:
+    config = load_config(
+        output="s3://bucket1/repo/",
+        env={"HYPERSDK_ALLOW_PATHS": f"{tmp_path}:s3://bucket2/pre:{tmp_path}"},
+        config_file=None,
+    )
+    assert config.allow_paths == (str(tmp_path), "s3://bucket2/pre", str(tmp_path))
+    assert config.output == "s3://bucket1/repo"
+    allowed = AllowedPaths.of([*config.allow_paths, config.output])
+    assert allowed.output("s3://bucket2/pre/x") == "s3://bucket2/pre/x"
+    assert allowed.output("s3://bucket1/repo") == "s3://bucket1/repo"
+    with pytest.raises(ForbiddenPath):
+        allowed.output("s3://bucket1/repo2")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -146,7 +147,8 @@ def _str(value: object, name: str) -> str:
 
 def _paths(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        items: list[object] = [p for p in value.split(":") if p]
+        # ":"-separated, except the one of "s3://" (an entry may be an s3:// URL)
+        items: list[object] = [p for p in re.split(r":(?!//)", value) if p]
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
