@@ -30,7 +30,10 @@ TOKEN = "schema-token-0123456789"
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hypervisord]:
     # "/" allowed: this test checks shapes, and generated paths should reach the routes
     # (the path rules have their own tests in test_access.py).
-    with Hypervisord(tmp_path_factory.mktemp("schema"), token=TOKEN, allow=(Path("/"),)) as daemon:
+    # A default repository: requests without 'output' reach the routes too (an output
+    # may also be an s3:// URL, which no generated one is allowed).
+    work = tmp_path_factory.mktemp("schema")
+    with Hypervisord(work, token=TOKEN, allow=(Path("/"),), output=work / "repo") as daemon:
         yield daemon
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import hypersdk.repository.chunkstore as chunkstore
+import hypersdk.repository.storage.local as chunkstore
 from hypersdk.repository.envelope import HEADER, Codec, Compression, chunk_id
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.verify import select, verify

@@ -43,6 +43,7 @@ from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.factory import QEMU_PREFIXES, open_provider
 from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Repository
+from hypersdk.repository.storage import is_url
 from hypersdk.state.history import History
 
 PROG = "hyperexport"
@@ -223,7 +224,7 @@ def export_request(args: argparse.Namespace) -> ExportRequest:
             level = int(text)
     try:
         return ExportRequest(
-            output=os.path.abspath(args.output),
+            output=args.output if is_url(args.output) else os.path.abspath(args.output),
             incremental=args.incremental,
             force_full=args.force_full,
             audit=args.audit,

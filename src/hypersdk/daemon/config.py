@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -48,6 +49,8 @@ from hypersdk.providers.connection import (
     VsphereSettings,
 )
 from hypersdk.repository.keys import Password
+from hypersdk.repository.storage import is_url
+from hypersdk.repository.storage.urls import parse_s3_url
 
 DEFAULT_LISTEN = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -99,7 +102,7 @@ class DaemonConfig:
                 "give --tls-cert and --tls-key (or tls_cert/tls_key in the config file)"
             )
         for folder in self.allow_paths:
-            if not os.path.isdir(folder):
+            if not is_url(folder) and not os.path.isdir(folder):
                 raise UsageError(f"allowed path {folder} is not an existing folder")
         if self.password_file is not None:
             _check_secret_file(self.password_file, "password_file")
@@ -167,12 +170,20 @@ def _str(value: object, name: str) -> str:
 
 def _paths(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        items: list[object] = [p for p in value.split(":") if p]
+        # ":"-separated, except the one of "s3://" (an entry may be an s3:// URL)
+        items: list[object] = [p for p in re.split(r":(?!//)", value) if p]
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
         raise UsageError(f"{name} must be a list of folders")
-    return tuple(os.path.abspath(os.path.expanduser(_str(p, name))) for p in items)
+    return tuple(_location(_str(p, name)) for p in items)
+
+
+def _location(value: str) -> str:
+    """A folder made absolute, or an s3:// URL checked and spelled one way."""
+    if is_url(value):
+        return str(parse_s3_url(value))
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def _bool(value: object, name: str) -> bool:
@@ -253,9 +264,7 @@ def load_config(
         state_dir=Path(_str(state_v, "state_dir")).expanduser()
         if state_v is not None
         else Path.home() / ".hypersdk",
-        output=os.path.abspath(os.path.expanduser(_str(output_v, "output")))
-        if output_v is not None
-        else None,
+        output=_location(_str(output_v, "output")) if output_v is not None else None,
         api_token=_str(token_v, "api_token") or None if token_v is not None else None,
         max_concurrent_exports=_int(max_v, "max_concurrent_exports")
         if max_v is not None

@@ -19,6 +19,7 @@ from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 NO_NUL = r"^[^\x00]+$"
 ABSOLUTE = r"^/[^\x00]*$"
 TARGET = r"^(/|qemu:)[^\x00]*$"  # a restore target: a path, or a qemu: disk
+REPOSITORY = r"^(/|s3://)[^\x00]*$"  # a folder (absolute path) or an s3:// URL
 
 
 def _vm_path() -> Any:
@@ -35,8 +36,9 @@ def _output() -> Any:
         default=None,
         min_length=1,
         max_length=4096,
-        pattern=ABSOLUTE,
-        description="repository folder (absolute path); default: the daemon's",
+        pattern=REPOSITORY,
+        description="repository: a folder (absolute path) or s3://bucket/prefix; "
+        "default: the daemon's",
     )
 
 

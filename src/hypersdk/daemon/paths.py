@@ -5,7 +5,9 @@ followed) inside a folder the operator allowed (``--allow-path``, ``allow_paths`
 default repository ``--output`` is always allowed). One function per kind of path:
 
     output          a repository folder (read by status/analyze/generations/verify,
-                    created and written by exports)
+                    created and written by exports), or an ``s3://bucket/prefix`` URL,
+                    which must lie at or under an allowed URL prefix, whole segments
+                    compared (``s3://b/pre`` allows ``s3://b/pre/x``, not ``s3://b/prefix2``)
     restore target  the file a restore writes (its folder resolved; the file itself if
                     it exists, which must be a regular file, or a block device when the
                     operator allows devices)
@@ -32,6 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hypersdk.errors import ForbiddenPath, UsageError
+from hypersdk.repository.storage import is_url
+from hypersdk.repository.storage.urls import S3Url, parse_s3_url
 
 MAX_CHAIN_DEPTH = 64
 
@@ -113,11 +117,14 @@ def read_qcow2_header(path: str) -> Qcow2Header | None:
 class AllowedPaths:
     roots: tuple[str, ...]  # resolved
     allow_devices: bool = False
+    urls: tuple[S3Url, ...] = ()  # allowed s3:// prefixes
 
     @classmethod
     def of(cls, folders: Iterable[str], allow_devices: bool = False) -> AllowedPaths:
-        roots = tuple(dict.fromkeys(os.path.realpath(f) for f in folders))
-        return cls(roots, allow_devices)
+        folders = list(folders)
+        roots = tuple(dict.fromkeys(os.path.realpath(f) for f in folders if not is_url(f)))
+        urls = tuple(dict.fromkeys(parse_s3_url(f) for f in folders if is_url(f)))
+        return cls(roots, allow_devices, urls)
 
     def contains(self, resolved: str) -> bool:
         for root in self.roots:
@@ -141,7 +148,15 @@ class AllowedPaths:
     # -- one function per kind -------------------------------------------------------
 
     def output(self, path: str) -> str:
-        """A repository folder; returns it resolved."""
+        """A repository folder, returned resolved; or an s3:// URL, returned in its one
+        spelling (a malformed URL is a UsageError)."""
+        if is_url(path):
+            url = parse_s3_url(path)
+            if not any(allowed.contains(url) for allowed in self.urls):
+                raise ForbiddenPath(
+                    f"repository {url} is outside the URLs this daemon may use (--allow-path)"
+                )
+            return str(url)
         return self._inside(path, "repository")
 
     def restore_target(self, path: str) -> str:

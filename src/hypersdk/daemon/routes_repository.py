@@ -27,7 +27,7 @@ Dep = Annotated[Daemon, Depends(daemon)]
 def list_generations(
     d: Dep,
     output: Annotated[
-        str | None, Query(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")
+        str | None, Query(min_length=1, max_length=4096, pattern=r"^(/|s3://)[^\x00]*$")
     ] = None,
     vm: Annotated[
         str | None,

@@ -118,7 +118,7 @@ class ServeSessions:
             raise
         session = ServeSession(
             id=sid,
-            output=str(repo.root),
+            output=repo.location,
             vm=manifest.vm_id,
             generation=manifest.id,
             disk=key,

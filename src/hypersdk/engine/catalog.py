@@ -90,14 +90,14 @@ def resolve_vm(repo: Repository, name: str) -> str:
     if hits:
         return _one(hits, name, "name")
     raise NotFoundError(
-        f"no VM {name!r} in the repository {repo.root} (a VM is named by the locator it "
+        f"no VM {name!r} in the repository {repo.location} (a VM is named by the locator it "
         "was exported from, its id or its name)"
     )
 
 
 def _holds(repo: Repository, vm_id: str) -> bool:
     """Whether ``vm_id`` is the id of a VM with a generation, readable or damaged."""
-    if not repo.layout.vm(vm_id).is_dir():
+    if not repo.has_vm_folder(vm_id):
         return False
     # damaged() first: it does not log, so the command's own error stays the only line.
     return bool(repo.damaged(vm_id)) or any(m.vm_id == vm_id for m in repo.generations(vm_id))

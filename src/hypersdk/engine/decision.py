@@ -95,7 +95,7 @@ def decide(
         except IntegrityError as err:
             return _full(f"Previous generation {last.generation} is damaged: {err}")
         except HyperSDKError:
-            return _full(f"Previous generation {last.generation} is no longer in {repo.root}")
+            return _full(f"Previous generation {last.generation} is no longer in {repo.location}")
         # Both ways: the history names the base, and the base must say the same. Change ids
         # from a history that does not match its generation would read the changes since
         # some other point and leave stale blocks in the new generation.

@@ -95,7 +95,7 @@ def run_export(
     )
     if request.block_size is not None and request.block_size != repo.config.block_size:
         raise UsageError(
-            f"{repo.root} uses {repo.config.block_size}-byte blocks; a block size can only "
+            f"{repo.location} uses {repo.config.block_size}-byte blocks; a block size can only "
             "be chosen for a new repository"
         )
     if request.compression is not None:
@@ -140,7 +140,7 @@ def run_export(
         bytes_read=result.bytes_read,
         bytes_stored=result.bytes_stored,
         duration_s=time.monotonic() - started,  # the whole export, snapshot included
-        output=str(repo.root),
+        output=repo.location,
         disks=[
             {
                 "key": d.key,
@@ -206,7 +206,7 @@ def _record(
             snapshot_id=m.id,
             change_id=m.id,
             disk_change_ids={d.key: d.change_id for d in disks},
-            export_path=str(repo.root),
+            export_path=repo.location,
             total_size=m.total_size,
             disks=[
                 DiskEntry(d.key, d.path, d.capacity_bytes, d.change_id, d.backing_info)

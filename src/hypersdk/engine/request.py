@@ -19,6 +19,8 @@ from datetime import timedelta
 
 from hypersdk.errors import UsageError
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from hypersdk.repository.storage import is_url
+from hypersdk.repository.storage.urls import parse_s3_url
 
 COMPRESSIONS = ("zstd", "lz4", "none")
 MIN_LEVEL, MAX_LEVEL = 1, 22  # zstd's levels
@@ -40,7 +42,7 @@ class InvalidField(UsageError):
 
 @dataclass(frozen=True)
 class ExportRequest:
-    output: str  # the repository folder, an absolute path
+    output: str  # the repository: an absolute folder path or an s3:// URL
     incremental: bool = False
     force_full: bool = False
     # Read every block and compare with the previous generation and CBT's answer since it
@@ -53,7 +55,7 @@ class ExportRequest:
     max_incremental_age_days: float = DEFAULT_MAX_AGE_DAYS
 
     def __post_init__(self) -> None:
-        _check_path("output", self.output)
+        _check_output(self.output)
         _check_bool("incremental", self.incremental)
         _check_bool("force_full", self.force_full)
         _check_bool("audit", self.audit)
@@ -133,6 +135,17 @@ def _check_age(value: object) -> None:
             f"must be a finite number of days, more than 0 and at most {MAX_AGE_DAYS:g}, "
             f"not {value!r}",
         )
+
+
+def _check_output(value: object) -> None:
+    """A repository: an absolute folder path or an ``s3://bucket/prefix`` URL."""
+    if isinstance(value, str) and is_url(value):
+        try:
+            parse_s3_url(value)
+        except UsageError as exc:
+            raise InvalidField("output", str(exc)) from None
+        return
+    _check_path("output", value)
 
 
 def _check_path(name: str, value: object) -> None:

@@ -8,12 +8,11 @@ then it cannot know what is referenced.
 
 from __future__ import annotations
 
-import os
-import shutil
+from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 
 from hypersdk.errors import HyperSDKError, RepositoryError
+from hypersdk.repository.layout import Keys
 from hypersdk.repository.repository import Repository
 
 
@@ -28,6 +27,7 @@ class GcReport:
 
 def collect_garbage(repo: Repository, *, dry_run: bool = False) -> GcReport:
     report = GcReport()
+    store = repo.storage
     with repo.exclusive():
         damaged = repo.damaged()
         if damaged:
@@ -40,7 +40,7 @@ def collect_garbage(repo: Repository, *, dry_run: bool = False) -> GcReport:
         live_index_dirs: set[str] = set()
         for vm_id in repo.vm_ids():
             for m in repo.generations(vm_id):
-                live_index_dirs.add(str(repo.layout.index_dir(vm_id, m.id)))
+                live_index_dirs.add(Keys.index_dir(vm_id, m.id))
                 for d in m.disks:
                     try:
                         index = repo.load_index(m, d.key)
@@ -50,31 +50,34 @@ def collect_garbage(repo: Repository, *, dry_run: bool = False) -> GcReport:
                         ) from exc
                     referenced.update(cid for _, cid in index.chunks())
 
-        for cid, path in list(repo.chunks.all()):
+        for cid, size in list(repo.chunks.ids()):
             if cid in referenced:
                 report.chunks_kept += 1
                 continue
             report.chunks_removed += 1
-            report.bytes_removed += path.stat().st_size
+            report.bytes_removed += size
             if not dry_run:
-                path.unlink()
+                _remove(repo, Keys.chunk(cid))
 
         # Index folders of generations whose manifest never got written.
-        for vm_dir in repo.layout.vms.iterdir() if repo.layout.vms.exists() else []:
-            indexes = vm_dir / "indexes"
-            if not indexes.is_dir():
-                continue
-            for gen_dir in indexes.iterdir():
-                if str(gen_dir) not in live_index_dirs:
+        for vm in store.folders(Keys.vms):
+            indexes = f"{Keys.vms}{vm}/indexes/"
+            for gen in store.folders(indexes):
+                if f"{indexes}{gen}/" not in live_index_dirs:
                     report.indexes_removed += 1
                     if not dry_run:
-                        shutil.rmtree(gen_dir)
+                        store.delete_folder(f"{indexes}{gen}/")
 
-        temps = list(repo.chunks.leftovers())
-        if repo.layout.tmp.exists():
-            temps += [Path(e.path) for e in os.scandir(repo.layout.tmp)]
+        temps = [str(k) for k in repo.chunks.leftovers()]
+        temps += [i.key for i in store.list(Keys.tmp)]
         for temp in temps:
             report.temp_files_removed += 1
             if not dry_run:
-                temp.unlink()
+                _remove(repo, temp)
+        store.sync()
     return report
+
+
+def _remove(repo: Repository, key: str) -> None:
+    with suppress(FileNotFoundError):  # gone already
+        repo.storage.delete(key)

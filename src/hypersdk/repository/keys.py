@@ -22,7 +22,7 @@ import socket
 import sys
 import unicodedata
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 from hypersdk.errors import IntegrityError, NotFoundError, PasswordError, UsageError
@@ -35,8 +35,8 @@ from hypersdk.repository.crypto import (
     unwrap_master,
     wrap_master,
 )
-from hypersdk.repository.files import create_exclusive, make_private_dirs, write_atomic
 from hypersdk.repository.manifest import iso, utc_now
+from hypersdk.repository.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class KeyFile:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"{where}: malformed key file ({type(exc).__name__})") from None
-        if key.id != Path(where).name:
+        if key.id != PurePosixPath(where).name:
             raise IntegrityError(f"{where}: the file name does not match its id")
         return key
 
@@ -241,35 +241,36 @@ def make_key_file(
 
 
 class KeyStore:
-    """The ``keys/`` folder of one repository."""
+    """The key files of one repository (``keys/<id>``), on any storage backend."""
 
-    def __init__(self, root: Path, tmp: Path) -> None:
-        self.folder = root / KEYS_DIR
-        self.tmp = tmp
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
-    def _path(self, key_id: str) -> Path:
+    def _key(self, key_id: str) -> str:
         if not key_id or not all(c in "0123456789abcdef" for c in key_id):
             raise NotFoundError(f"no key {key_id!r} (key ids are hex)")
-        return self.folder / key_id
+        return f"{KEYS_DIR}/{key_id}"
+
+    def _names(self) -> list[str]:
+        prefix = f"{KEYS_DIR}/"
+        return sorted(
+            info.key[len(prefix) :]
+            for info in self.storage.list(prefix)
+            if "/" not in info.key[len(prefix) :] and not info.key.endswith(".tmp")
+        )
 
     def exists(self) -> bool:
         """Whether any key file is here."""
-        return self.folder.is_dir() and any(
-            not p.name.endswith(".tmp") for p in self.folder.iterdir()
-        )
+        return bool(self._names())
 
     def read_all(self, repository_id: str) -> tuple[list[KeyFile], list[str]]:
         """(readable key files of this repository, problems with the others)."""
         good: list[KeyFile] = []
         bad: list[str] = []
-        if not self.folder.is_dir():
-            return good, bad
-        for path in sorted(self.folder.iterdir()):
-            where = f"{KEYS_DIR}/{path.name}"
-            if path.name.endswith(".tmp"):
-                continue
+        for name in self._names():
+            where = f"{KEYS_DIR}/{name}"
             try:
-                key = KeyFile.decode(path.read_bytes(), where)
+                key = KeyFile.decode(self.storage.get(where), where)
             except (IntegrityError, OSError) as exc:
                 bad.append(f"{where}: {exc}" if isinstance(exc, OSError) else str(exc))
                 continue
@@ -281,22 +282,18 @@ class KeyStore:
 
     def create(self, key: KeyFile) -> None:
         """Add a new key file (never replaces one)."""
-        make_private_dirs(self.folder)
-        make_private_dirs(self.tmp)
-        if not create_exclusive(self._path(key.id), key.encode(), self.tmp):
+        if not self.storage.put_new(self._key(key.id), key.encode()):
             raise UsageError(f"key {key.id} exists already")
 
     def replace(self, key: KeyFile) -> None:
         """Replace a key file atomically (readers see the old one or the new one)."""
-        make_private_dirs(self.tmp)
-        write_atomic(self._path(key.id), key.encode(), self.tmp)
+        self.storage.put_atomic(self._key(key.id), key.encode())
 
     def remove(self, key_id: str) -> None:
-        path = self._path(key_id)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            raise NotFoundError(f"no key {key_id} in this repository") from None
+        key = self._key(key_id)
+        if key_id not in self._names():
+            raise NotFoundError(f"no key {key_id} in this repository")
+        self.storage.delete(key)
 
 
 def unlock(

@@ -1,4 +1,4 @@
-"""Where each object of a repository lives; the only module that builds repository paths.
+"""Where each object of a repository lives; the only module that builds its names.
 
 <repo>/config                                   repository config (JSON)
 <repo>/data/<hh>/<64 hex>                       chunk objects, <hh> = first two hex digits
@@ -32,7 +32,52 @@ def safe_name(name: str) -> str:
     return f"{cleaned[:100] or 'unnamed'}-{digest}"
 
 
+class Keys:
+    """The storage key (a ``/``-separated relative name) of every repository object; the
+    same names as the folder layout above, on every backend."""
+
+    config = "config"
+    data = "data/"
+    vms = "vms/"
+    locks = "locks/"
+    tmp = "tmp/"
+    repository_lock = "locks/repository.lock"
+    keys = "keys/"  # key files of an encrypted repository
+    keys_lock = "locks/keys.lock"  # held by hyperctl key while it changes them
+
+    @staticmethod
+    def chunk(chunk_id: bytes) -> str:
+        hexid = chunk_id.hex()
+        return f"data/{hexid[:2]}/{hexid}"
+
+    @staticmethod
+    def vm(vm_id: str) -> str:
+        return f"vms/{safe_name(vm_id)}/"
+
+    @staticmethod
+    def generations(vm_id: str) -> str:
+        return f"{Keys.vm(vm_id)}generations/"
+
+    @staticmethod
+    def manifest(vm_id: str, generation: str) -> str:
+        return f"{Keys.generations(vm_id)}{generation}.json"
+
+    @staticmethod
+    def index_dir(vm_id: str, generation: str) -> str:
+        return f"{Keys.vm(vm_id)}indexes/{generation}/"
+
+    @staticmethod
+    def index(vm_id: str, generation: str, disk_key: str) -> str:
+        return f"{Keys.index_dir(vm_id, generation)}{safe_name(disk_key)}.idx"
+
+    @staticmethod
+    def vm_lock(vm_id: str) -> str:
+        return f"locks/vm-{safe_name(vm_id)}.lock"
+
+
 class Layout:
+    """The same names as paths under a local repository folder."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 

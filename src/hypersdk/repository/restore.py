@@ -112,6 +112,8 @@ def restore_disk(
         raise UsageError("a block device can only receive --format raw")
     if not dest.parent.is_dir():
         raise UsageError(f"folder {dest.parent} does not exist")
+    if not repo.storage.local:
+        parallel *= 4  # object storage reads wait on the network, not on a core
     with repo.reader():
         index = repo.load_index(manifest, disk_key)
         where = f"{manifest.vm_id}/{manifest.id}/{disk_key}"

@@ -92,6 +92,8 @@ def verify(
 ) -> VerifyReport:
     """``cancel`` is checked between chunks; when set, ExportCancelled is raised.
     ``damaged`` manifests (from ``select_with_damage``) are reported as damage."""
+    if not repo.storage.local:
+        parallel *= 4  # object storage reads wait on the network, not on a core
     with repo.reader():
         return _verify(repo, manifests, parallel, progress, cancel, damaged)
 

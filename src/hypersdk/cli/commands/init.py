@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from hypersdk.cli.numbers import size_in
 from hypersdk.cli.output import print_json
@@ -17,6 +16,7 @@ from hypersdk.repository.repository import (
     MIN_BLOCK_SIZE,
     Repository,
 )
+from hypersdk.repository.storage import is_url
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(os.path.abspath(args.output))
-    if (root / "config").exists():
+    root = args.output if is_url(args.output) else os.path.abspath(args.output)
+    if Repository.exists(root):
         raise UsageError(f"{root} is a repository already")
     password: Password | None = None
     if args.encryption:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         root, block_size=args.block_size, password=password, encrypt=bool(args.encryption)
     )
     doc = {
-        "output": str(repo.root),
+        "output": repo.location,
         "id": repo.config.id,
         "encryption": repo.config.encryption,
         "block_size": repo.config.block_size,
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(doc)
     else:
         kind = "encrypted repository" if repo.encrypted else "repository"
-        print(f"created {kind} {repo.root} (id {repo.config.id})")
+        print(f"created {kind} {repo.location} (id {repo.config.id})")
         if repo.encrypted:
             print("keep the password safe: without it the data cannot be read")
     return 0

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     rid = repo.config.id
     with repo.managing_keys() as (store, master):
         if args.action == "add":
-            key = add_key(store, master, rid, new_password_from(args, f"a new key of {repo.root}"))
+            key = add_key(
+                store, master, rid, new_password_from(args, f"a new key of {repo.location}")
+            )
             return _done(args, {"added": key.id}, f"added key {key.id}")
         if args.action == "passwd":
             assert repo.key_id is not None  # an encrypted repository was unlocked by one
