@@ -22,6 +22,7 @@ COMMANDS = (
     "hypersdk.cli.commands.prune",
     "hypersdk.cli.commands.status",
     "hypersdk.cli.commands.key",
+    "hypersdk.cli.commands.copy",
     "hypersdk.cli.lab",
 )
 
