@@ -38,6 +38,9 @@ bench:
 	$(VENV)/python bench/bench_scale.py
 	$(VENV)/python bench/bench_audit.py
 	$(VENV)/python bench/bench_serve.py
+	$(VENV)/python bench/bench_s3.py
+	$(VENV)/python bench/bench_crypto.py
+	$(VENV)/python bench/bench_gc.py
 	$(VENV)/python bench/bench_peers.py
 
 clean:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,23 @@ def test_marks_come_back_by_partition_and_leave_nothing(
             got |= part
         assert got == set(ids) and marks.added == 5002
     assert not folder.exists()  # the spill files go with the set
+
+
+def test_gc_marks_and_sweeps_by_partition_and_cleans_up(tmp_path: Path) -> None:
+    from hypersdk.repository.gc import collect_garbage
+    from hypersdk.repository.repository import Repository
+    from tests.chain import BS, export
+
+    repo = Repository.open_or_init(tmp_path / "repo", block_size=BS)
+    image = tmp_path / "d.raw"
+    image.write_bytes(random.Random(1).randbytes(40 * BS))
+    first = export(repo, {"d": image}).manifest
+    with image.open("r+b") as f:
+        f.write(b"\x01" * (3 * BS))  # one new chunk; three old ones unreferenced later
+    export(repo, {"d": image}, parent=first)
+    repo.delete_generation("vm1", first.id)
+    phases: list[tuple[str, int, int]] = []
+    report = collect_garbage(repo, progress=lambda *p: phases.append(p))
+    assert report.chunks_removed == 3 and report.chunks_kept == 38
+    assert phases[0] == ("mark", 1, 1) and phases[-1] == ("sweep", 256, 256)
+    assert list((tmp_path / "repo" / "tmp").iterdir()) == []  # the spill folder is gone

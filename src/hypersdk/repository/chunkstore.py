@@ -60,9 +60,12 @@ class ChunkStore:
     def size(self, chunk_id: bytes) -> int:
         return self._storage.size(Keys.chunk(chunk_id))
 
-    def ids(self) -> Iterator[tuple[bytes, int]]:
-        """Every stored chunk id with its stored size; skips names that are not ids."""
-        for info in self._storage.list(Keys.data):
+    def ids(self, first: int | None = None) -> Iterator[tuple[bytes, int]]:
+        """Every stored chunk id with its stored size (only those whose first byte is
+        ``first``, one folder or prefix of the store, when given); skips names that are
+        not ids."""
+        prefix = Keys.data if first is None else f"{Keys.data}{first:02x}/"
+        for info in self._storage.list(prefix):
             cid = _chunk_id(info.key)
             if cid is not None:
                 yield cid, info.size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 
 from hypersdk.cli.commands import show_repository_warnings
@@ -23,9 +24,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
-    report = collect_garbage(
-        Repository.open(args.output, password=password_from(args)), dry_run=args.dry_run
-    )
+    repo = Repository.open(args.output, password=password_from(args))
+    shown = not args.json and sys.stderr.isatty()
+
+    def progress(phase: str, done: int, total: int) -> None:
+        what = "marking generations" if phase == "mark" else "sweeping chunk folders"
+        sys.stderr.write(f"\rgc: {what} {done}/{total}\x1b[K")
+
+    try:
+        report = collect_garbage(repo, dry_run=args.dry_run, progress=progress if shown else None)
+    finally:
+        if shown:
+            sys.stderr.write("\r\x1b[K")
     if args.json:
         print_json({"dry_run": args.dry_run, **asdict(report)})
     else:
