@@ -8,13 +8,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from hypersdk import __version__
-from hypersdk.daemon import errors, routes_cbt, routes_exports, routes_repository, routes_service
+from hypersdk.daemon import (
+    errors,
+    routes_cbt,
+    routes_exports,
+    routes_policies,
+    routes_repository,
+    routes_service,
+)
 from hypersdk.daemon.auth import TokenAuth
 from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.guards import BodyGuard, EventStreamLimit, LoopbackHost
 from hypersdk.daemon.jobs import JobStore
 from hypersdk.daemon.paths import AllowedPaths
+from hypersdk.daemon.policy_store import PolicyStore
 from hypersdk.daemon.runner import Runner
+from hypersdk.daemon.scheduler import create_scheduler
 from hypersdk.daemon.state import Daemon
 from hypersdk.daemon.token import load_or_create_token
 from hypersdk.state.folder import prepare_state_dir
@@ -37,13 +46,24 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     store.recover()
     runner = Runner(config, store)
     state = Daemon(config, store, runner, allowed_paths(config))
+    policy_store = PolicyStore(config.state_dir)
+    policy_store.recover()
+    try:
+        scheduler = create_scheduler(state, policy_store)
+    except BaseException:
+        runner.shutdown()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
         try:
             yield
         finally:
+            scheduler.stop()  # no new runs or exports
             runner.shutdown()
+            scheduler.join()  # the runs record how their jobs ended
+            policy_store.close()
             store.close()
 
     app = FastAPI(
@@ -57,8 +77,9 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
         strict_content_type=True,  # the default since FastAPI 0.132; said out loud
     )
     app.state.daemon = state
+    app.state.policies = scheduler
     errors.install(app)
-    for module in (routes_service, routes_cbt, routes_exports, routes_repository):
+    for module in (routes_service, routes_cbt, routes_exports, routes_repository, routes_policies):
         app.include_router(module.router)
     # Added innermost first: a request meets LoopbackHost, TokenAuth, EventStreamLimit,
     # BodyGuard, then the route.

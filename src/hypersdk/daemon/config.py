@@ -14,6 +14,13 @@ TOML layout (every key optional)::
     allow_devices = false             # may a restore write to a block device?
     tls_cert = "/etc/hypersdk/cert.pem"   # required to listen on a non-loopback address
     tls_key = "/etc/hypersdk/key.pem"
+    policies_file = "/etc/hypersdk/policies.yaml"   # backup policies (YAML or .toml)
+
+    [[policies]]                      # policies may also be written here (daemon/policies.py)
+    name = "nightly"
+    vms = ["qcow2:/var/lib/vms/web.qcow2"]
+    schedule = "0 2 * * *"
+    retention = {keep_daily = 7}
 
 The file may hold the token and the vSphere password: it must not be readable (or
 writable) by group or others, else the daemon refuses to start.
@@ -66,6 +73,8 @@ class DaemonConfig:
     allow_devices: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    policies_file: str | None = None  # YAML, or TOML when it ends in .toml
+    policies: tuple[Any, ...] = ()  # the config file's [[policies]] tables, checked at start
 
     def check(self) -> DaemonConfig:
         """Refuse settings that cannot work or are unsafe; returns self."""
@@ -171,6 +180,7 @@ def load_config(
     allow_devices: bool | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    policies_file: str | None = None,
     config_file: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> DaemonConfig:
@@ -201,6 +211,10 @@ def load_config(
     devices_v = pick(allow_devices or None, "HYPERSDK_ALLOW_DEVICES", "allow_devices")
     cert_v = pick(tls_cert, "HYPERSDK_TLS_CERT", "tls_cert")
     key_v = pick(tls_key, "HYPERSDK_TLS_KEY", "tls_key")
+    policies_v = pick(policies_file, "HYPERSDK_POLICIES_FILE", "policies_file")
+    policy_docs = toml.get("policies", [])
+    if not isinstance(policy_docs, list):
+        raise UsageError("policies in the config file must be [[policies]] tables")
 
     # vSphere: TOML values act as defaults below flags/env (VsphereSettings.resolve).
     vs_env = dict(e)
@@ -244,4 +258,8 @@ def load_config(
         allow_devices=_bool(devices_v, "allow_devices") if devices_v is not None else False,
         tls_cert=_str(cert_v, "tls_cert") if cert_v is not None else None,
         tls_key=_str(key_v, "tls_key") if key_v is not None else None,
+        policies_file=os.path.abspath(os.path.expanduser(_str(policies_v, "policies_file")))
+        if policies_v is not None
+        else None,
+        policies=tuple(policy_docs),
     ).check()
