@@ -96,7 +96,8 @@ def test_create_run_replace_delete(tmp_path: Path, qsd: QemuStorageDaemon) -> No
 def test_file_policies_cannot_be_changed_through_the_api(tmp_path: Path) -> None:
     policies = tmp_path / "policies.yaml"
     policies.write_text(
-        f'policies:\n  - {{name: nightly, vms: ["qcow2:{tmp_path}/a.qcow2"], schedule: "{YEARLY}"}}\n'
+        "policies:\n"
+        f'  - {{name: nightly, vms: ["qcow2:{tmp_path}/a.qcow2"], schedule: "{YEARLY}"}}\n'
     )
     with Hypervisord(
         tmp_path / "hvd",
