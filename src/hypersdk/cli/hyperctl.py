@@ -19,6 +19,7 @@ COMMANDS = (
     "hypersdk.cli.commands.delete",
     "hypersdk.cli.commands.prune",
     "hypersdk.cli.commands.status",
+    "hypersdk.cli.commands.policy",
     "hypersdk.cli.lab",
 )
 
