@@ -38,6 +38,13 @@ RESPONSES = {
     "JobList": "JobList",
     "LastExport": "LastExport",
     "LastExportDisk": "LastExportDisk",
+    "PolicyInfo": "Policy",
+    "PolicyList": "PolicyList",
+    "PolicyRun": "PolicyRun",
+    "PolicyRunExport": "PolicyRunExport",
+    "PolicyRunList": "PolicyRunList",
+    "PolicyVm": "PolicyVm",
+    "RetentionRules": "RetentionRules",
 }
 # Request bodies: the options interface (camelCase fields) and the fields the client
 # takes as method arguments instead.
@@ -45,6 +52,7 @@ REQUESTS = {
     "ExportCreate": ("ExportOptions", {"vm_path"}),
     "RestoreCreate": ("RestoreOptions", set()),
     "VerifyCreate": ("VerifyOptions", set()),
+    "PolicyCreate": ("PolicyOptions", set()),  # snake_case: the policies file's fields
 }
 # Bodies the client builds from its arguments alone (client.ts): their fields are pinned,
 # so a new one fails here until the SDK's method takes it.
