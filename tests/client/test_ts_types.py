@@ -63,7 +63,7 @@ ARGUMENTS_ONLY = {
 
 # Enumerations the daemon names as schema components: types.ts has a type alias of the same
 # name with the same literals; fields that use them are compared by their literals.
-ENUMS = {"JobKind", "JobState"}
+ENUMS = {"JobKind", "JobState", "PolicyRunState"}
 
 Atom = str | tuple[str, Any]
 

@@ -7,6 +7,7 @@ qemu-storage-daemon."""
 from __future__ import annotations
 
 import random
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from hypersdk.daemon.runner import Runner
 from hypersdk.daemon.scheduler import PolicyScheduler, choose_mode, create_scheduler, iso
 from hypersdk.daemon.state import Daemon
 from hypersdk.providers.factory import open_provider
-from tests.rigs.qsd import MiB, QemuStorageDaemon
+from tests.rigs.qsd import MiB, QemuStorageDaemon, create_qcow2
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 
@@ -179,3 +180,31 @@ def test_a_clean_audit_leaves_the_next_run_incremental(make: Any, qsd: QemuStora
     assert audited.exports[0].mode == "audit" and audited.exports[0].blocks_missed == 0
     p.clock.now = T0 + timedelta(days=3)
     assert p.run().exports[0].mode == "incremental"
+
+
+def test_per_host_limit_keeps_exports_apart(make: Any, tmp_path: Path) -> None:
+    images = []
+    for name in ("a", "b", "c"):
+        image = tmp_path / f"{name}.qcow2"
+        create_qcow2(image, 4 * MiB)
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5 0 4M", str(image)],
+            check=True,
+            capture_output=True,
+        )
+        images.append(f"qcow2:{image}")
+    vms = [
+        {"vm": images[0], "host": "h1"},
+        {"vm": images[1], "host": "h1"},
+        {"vm": images[2], "host": "h2"},
+    ]
+    p = make(
+        {"name": "p", "vms": vms, "schedule": "0 2 * * *", "max_concurrent": 3, "max_per_host": 1}
+    )
+    run = p.run()
+    assert run.state is RunState.SUCCEEDED, run
+    jobs = [p.jobs.get(e.job_id) for e in run.exports]
+    a, b = jobs[0], jobs[1]
+    assert a.finished is not None and b.started is not None
+    assert b.started >= a.finished  # one host: one at a time
+    assert jobs[2].state == "succeeded"

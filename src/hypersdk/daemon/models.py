@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypersdk.daemon.jobs import JobKind, JobState
+from hypersdk.daemon.policy_store import PolicyRunState
 from hypersdk.engine import request as req
 from hypersdk.engine.request import ExportRequest
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
@@ -364,7 +365,7 @@ class PolicyRun(BaseModel):
     policy: str
     trigger: Literal["schedule", "catch-up", "manual"]
     scheduled: str | None = Field(description="the cron time of the run (null: run by hand)")
-    state: Literal["running", "succeeded", "failed", "skipped"]
+    state: PolicyRunState
     reason: str | None
     started: str | None
     finished: str | None

@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from hypersdk.daemon.jobs import now_iso
+from hypersdk.daemon.jobs import JobState, now_iso
 from hypersdk.errors import NotFoundError, RepositoryError
 
 log = logging.getLogger("hypervisord")
@@ -39,17 +39,25 @@ _SCHEMA = (
 )
 
 
-class RunState(StrEnum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
+class PolicyRunState(StrEnum):
+    """A run's state: the job states it shares keep their one spelling (JobState)."""
+
+    RUNNING = JobState.RUNNING.value
+    SUCCEEDED = JobState.SUCCEEDED.value
+    FAILED = JobState.FAILED.value
+    SKIPPED = "skipped"  # its time came while the previous run was still going
+
+
+RunState = PolicyRunState
 
 
 class Trigger(StrEnum):
     SCHEDULE = "schedule"
     CATCH_UP = "catch-up"  # missed while the daemon was down; run once at start
     MANUAL = "manual"  # POST /policies/{name}/run
+
+
+PENDING = "pending"  # an export of a run not submitted yet
 
 
 @dataclass
@@ -60,7 +68,7 @@ class RunExport:
     mode: str  # what the policy asked: "incremental", "full" or "audit"
     why: str
     job_id: str | None = None
-    state: str = "pending"  # then the job's state
+    state: str = PENDING  # then the job's state
     generation: str | None = None
     result_mode: str | None = None  # what the export did ("full" / "incremental")
     blocks_missed: int | None = None  # the audit's count, when one was made

@@ -47,7 +47,7 @@ def put_policy(name: Name, body: PolicyCreate, s: Sched, d: Dep) -> dict[str, An
 @router.delete("/policies/{name}", response_model=PolicyInfo)
 def delete_policy(name: Name, s: Sched) -> dict[str, Any]:
     policy = s.delete_api_policy(name)
-    return {**policy.to_json(), "next_run": "", "running": None}
+    return {**policy.to_json(), **dict(next_run="", running=None)}  # it will not run
 
 
 @router.post("/policies/{name}/run", response_model=PolicyRun, status_code=202)

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hypersdk.daemon.jobs import JobStore, now_iso
+from hypersdk.daemon.jobs import JobState, JobStore, now_iso
 from hypersdk.daemon.policies import (
     Policy,
     PolicyVm,
@@ -189,8 +189,7 @@ class PolicyScheduler:
         base = last if last is not None else self.clock()
         return {
             **policy.to_json(),
-            "next_run": iso(next_time(policy, base)),
-            "running": running.id if running is not None else None,
+            **dict(next_run=iso(next_time(policy, base)), running=running and running.id),
         }
 
     def history(self, name: str, limit: int = 100) -> list[PolicyRun]:
@@ -286,7 +285,7 @@ class PolicyScheduler:
     def _execute(self, policy: Policy, run: PolicyRun, first_batch: threading.Event) -> None:
         try:
             self._exports(policy, run, first_batch)
-            failed = [e for e in run.exports if e.state != "succeeded"]
+            failed = [e for e in run.exports if e.state != JobState.SUCCEEDED]
             if self._stop.is_set() and failed:
                 run.state, run.reason = RunState.FAILED, "the daemon stopped during the run"
             else:
@@ -326,7 +325,8 @@ class PolicyScheduler:
                     self._submit(policy, run, pending, active, changed)
                 else:
                     for i in pending:
-                        run.exports[i].state, run.exports[i].error = "failed", "daemon stopping"
+                        run.exports[i].state = JobState.FAILED.value
+                        run.exports[i].error = "daemon stopping"
                     pending.clear()
                 self.store.save_run(run)
                 first_batch.set()
@@ -377,7 +377,7 @@ class PolicyScheduler:
                 )
                 job = self.runner.submit_export(ExportSpec(vm.vm_path, request))
             except HyperSDKError as err:
-                export.state, export.error = "failed", str(err).splitlines()[0]
+                export.state, export.error = JobState.FAILED.value, str(err).splitlines()[0]
                 continue
             export.job_id, export.state = job.id, str(job.state)
             active[i] = _Active(i, job.id, self.jobs.watch(job.id, changed.set))
@@ -388,7 +388,7 @@ class PolicyScheduler:
         self, policy: Policy, export: RunExport, vm: PolicyVm, job: dict[str, Any]
     ) -> None:
         export.state = job["state"]
-        if job["state"] != "succeeded":
+        if job["state"] != JobState.SUCCEEDED:
             export.error = (job.get("error") or {}).get("message") or job["state"]
             return
         result = job.get("result") or {}
