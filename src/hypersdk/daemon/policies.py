@@ -5,6 +5,7 @@ A policy document (TOML table or YAML mapping; the API's JSON body is the same):
 
     name = "nightly"                     # letters, digits, '.', '_', '-'
     vms = ["qcow2:/vms/web.qcow2",       # locators, or tables giving the placement
+           "/DC0/vm/prod/*",             # vSphere glob (fnmatch: * crosses folders)
            {vm = "/DC0/vm/db", host = "esx1", datastore = "ds1"}]
     schedule = "0 2 * * *"               # cron, UTC; 6 fields: seconds first
     output = "/backups/repo"             # default: the daemon's repository
@@ -67,10 +68,11 @@ class PolicyVm:
 
     vm_path: str  # as given: a qemu: locator's ?nbd= says how to reach the VM
     locator: str  # canonical: the VM's name in the policy's state
-    host: str
-    datastore: str
+    host: str | None  # None: a vSphere VM's, looked up at run time
+    datastore: str | None
+    pattern: bool = False  # a vSphere glob, expanded at run time
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | None]:
         return {"vm": self.vm_path, "host": self.host, "datastore": self.datastore}
 
 
@@ -206,12 +208,14 @@ def _vm(entry: object, where: str) -> PolicyVm:
     if is_qemu_locator(locator):
         host = host or LOCAL_HOST
         datastore = datastore or default_datastore(locator)
-    else:
-        # Where a vSphere VM runs is not known before connecting; without a given
-        # placement each VM is its own key, so only max_concurrent bounds it.
-        host = host or f"vm:{locator}"
-        datastore = datastore or f"vm:{locator}"
-    return PolicyVm(entry.strip(), locator, host, datastore)
+        return PolicyVm(entry.strip(), locator, host, datastore)
+    # vSphere: where the VM runs is looked up at run time unless given here; a path
+    # with a glob character names every VM it matches then.
+    return PolicyVm(entry.strip(), locator, host, datastore, pattern=is_glob(locator))
+
+
+def is_glob(locator: str) -> bool:
+    return any(c in locator for c in "*?[")
 
 
 def parse_policy(

@@ -20,14 +20,15 @@ after an audit that found blocks CBT missed (engine/audit.py).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypersdk.daemon.jobs import JobState, JobStore, now_iso
 from hypersdk.daemon.policies import (
@@ -51,10 +52,13 @@ from hypersdk.daemon.runner import ExportSpec, Runner
 from hypersdk.daemon.state import Daemon
 from hypersdk.engine.export import ExportRequest
 from hypersdk.engine.prune import PruneReport, prune
-from hypersdk.errors import ConflictError, HyperSDKError, NotFoundError
+from hypersdk.errors import ConflictError, HyperSDKError, NotFoundError, UsageError
 from hypersdk.repository.gc import collect_garbage
 from hypersdk.repository.repository import Repository
 from hypersdk.state.history import History
+
+if TYPE_CHECKING:  # pyVmomi is loaded only when a policy names a vSphere VM
+    from hypersdk.providers.vsphere import InventoryVm
 
 log = logging.getLogger("hypervisord")
 
@@ -122,6 +126,7 @@ class PolicyScheduler:
         policies: list[Policy],
         *,
         check_vm: Callable[[str], None] = lambda vm_path: None,
+        inventory: Callable[[], list[InventoryVm]] | None = None,
         clock: Clock = utcnow,
         tick: float = TICK,
     ) -> None:
@@ -130,6 +135,7 @@ class PolicyScheduler:
         self.jobs = jobs
         self.store = store
         self.check_vm = check_vm  # ForbiddenPath unless the daemon may touch the VM's files
+        self.inventory = inventory or _no_vsphere
         self.clock = clock
         self.tick = tick
         self._lock = threading.Lock()
@@ -284,13 +290,13 @@ class PolicyScheduler:
 
     def _execute(self, policy: Policy, run: PolicyRun, first_batch: threading.Event) -> None:
         try:
-            self._exports(policy, run, first_batch)
+            vms = self._exports(policy, run, first_batch)
             failed = [e for e in run.exports if e.state != JobState.SUCCEEDED]
             if self._stop.is_set() and failed:
                 run.state, run.reason = RunState.FAILED, "the daemon stopped during the run"
             else:
                 if not policy.retention.empty:
-                    run.prune = self._prune(policy)
+                    run.prune = self._prune(policy, vms)
                 problems = []
                 if failed:
                     problems.append(f"{len(failed)} of {len(run.exports)} exports failed")
@@ -309,24 +315,69 @@ class PolicyScheduler:
             first_batch.set()
             log.info("policy %s: run %s %s", policy.name, run.id, run.state)
 
-    def _exports(self, policy: Policy, run: PolicyRun, first_batch: threading.Event) -> None:
+    def _expand(self, policy: Policy, run: PolicyRun) -> list[PolicyVm]:
+        """The policy's VMs for this run: vSphere globs matched against the server's VMs
+        now, and each vSphere VM's host and datastore looked up unless the policy gives
+        them (per-VM keys when the server cannot tell). A glob that matches nothing is a
+        failed export of the run, with the reason."""
+        if all(v.host is not None and v.datastore is not None for v in policy.vms):
+            return list(policy.vms)
+        inventory: dict[str, InventoryVm] = {}
+        trouble = None
+        try:
+            inventory = {v.path: v for v in self.inventory()}
+        except HyperSDKError as err:
+            trouble = str(err).splitlines()[0]
+        out: dict[str, PolicyVm] = {}
+        for vm in policy.vms:
+            if vm.pattern:
+                hits = [p for p in inventory if fnmatch.fnmatchcase(p, vm.locator)]
+                if not hits:
+                    why = trouble or f"no VM of the vSphere server matches {vm.locator}"
+                    run.exports.append(
+                        RunExport(
+                            vm.vm_path,
+                            "incremental",
+                            "glob",
+                            state=JobState.FAILED.value,
+                            error=why,
+                        )
+                    )
+                for path in hits:
+                    out.setdefault(path, replace(vm, vm_path=path, locator=path, pattern=False))
+            else:
+                out.setdefault(vm.locator, vm)
+        placed = []
+        for vm in out.values():
+            where = inventory.get(vm.locator)
+            host = vm.host or (where and where.host) or f"vm:{vm.locator}"
+            datastore = vm.datastore or (where and where.datastore) or f"vm:{vm.locator}"
+            placed.append(replace(vm, host=host, datastore=datastore))
+        return placed
+
+    def _exports(
+        self, policy: Policy, run: PolicyRun, first_batch: threading.Event
+    ) -> list[PolicyVm]:
+        """Export the run's VMs within the policy's limits; returns them."""
+        vms = self._expand(policy, run)
+        failed_early = len(run.exports)  # globs that matched nothing
         state = self.store.state(policy.name)
         now = self.clock()
-        for vm in policy.vms:
+        for vm in vms:
             mode, why = choose_mode(policy, state.vms.get(vm.locator, VmState()), now)
             run.exports.append(RunExport(vm.vm_path, mode, why))
         self.store.save_run(run)
         changed = threading.Event()
-        pending = list(range(len(policy.vms)))
+        pending = list(range(len(vms)))
         active: dict[int, _Active] = {}
         try:
             while pending or active:
                 if not self._stop.is_set():
-                    self._submit(policy, run, pending, active, changed)
+                    self._submit(policy, vms, run, pending, active, changed)
                 else:
                     for i in pending:
-                        run.exports[i].state = JobState.FAILED.value
-                        run.exports[i].error = "daemon stopping"
+                        run.exports[failed_early + i].state = JobState.FAILED.value
+                        run.exports[failed_early + i].error = "daemon stopping"
                     pending.clear()
                 self.store.save_run(run)
                 first_batch.set()
@@ -339,26 +390,30 @@ class PolicyScheduler:
                     if job.done:
                         a.unwatch()
                         del active[i]
-                        self._finished(policy, run.exports[i], policy.vms[i], job.to_json())
+                        export = run.exports[failed_early + i]
+                        self._finished(policy, export, vms[i], job.to_json())
         finally:
             for a in active.values():
                 a.unwatch()
+        return vms
 
     def _submit(
         self,
         policy: Policy,
+        vms: list[PolicyVm],
         run: PolicyRun,
         pending: list[int],
         active: dict[int, _Active],
         changed: threading.Event,
     ) -> None:
         """Submit the pending exports the policy's limits allow now, in order."""
-        hosts = Counter(policy.vms[i].host for i in active)
-        stores = Counter(policy.vms[i].datastore for i in active)
+        offset = len(run.exports) - len(vms)  # globs that matched nothing come first
+        hosts = Counter(vms[i].host for i in active)
+        stores = Counter(vms[i].datastore for i in active)
         for i in list(pending):
             if len(active) >= policy.max_concurrent:
                 return
-            vm, export = policy.vms[i], run.exports[i]
+            vm, export = vms[i], run.exports[offset + i]
             if policy.max_per_host is not None and hosts[vm.host] >= policy.max_per_host:
                 continue
             if (
@@ -414,7 +469,7 @@ class PolicyScheduler:
 
         self._update_state(policy.name, record)
 
-    def _prune(self, policy: Policy) -> dict[str, Any]:
+    def _prune(self, policy: Policy, vms: list[PolicyVm]) -> dict[str, Any]:
         """Prune each VM of the policy, then gc once; the combined report."""
         total = PruneReport(policy.retention, dry_run=False)
         try:
@@ -422,7 +477,7 @@ class PolicyScheduler:
         except HyperSDKError as err:
             return {**total.to_json(), "error": str(err).splitlines()[0]}
         history = History(self.state_dir)
-        for vm in policy.vms:
+        for vm in vms:
             try:
                 report = prune(repo, policy.retention, vm.vm_path, history=history, run_gc=False)
             except NotFoundError:
@@ -440,6 +495,10 @@ class PolicyScheduler:
             except HyperSDKError as err:  # e.g. another export holds the repository
                 doc["gc_error"] = str(err).splitlines()[0]
         return {**total.to_json(), **doc}
+
+
+def _no_vsphere() -> list[InventoryVm]:
+    raise UsageError("the daemon has no vSphere server configured ([vsphere] in its config)")
 
 
 def create_scheduler(d: Daemon, store: PolicyStore, clock: Clock = utcnow) -> PolicyScheduler:
@@ -462,6 +521,22 @@ def create_scheduler(d: Daemon, store: PolicyStore, clock: Clock = utcnow) -> Po
             policies.append(parse_policy(doc, d.output, name=name, source="api"))
         except HyperSDKError as err:
             log.error("stored policy %s left out: %s", name, err)
+    settings = config.vsphere
+
+    def inventory() -> list[InventoryVm]:
+        if settings is None:
+            return _no_vsphere()
+        from hypersdk.providers.vsphere import list_vms  # pyVmomi only when needed
+
+        return list_vms(settings)
+
     return PolicyScheduler(
-        config.state_dir, d.runner, d.store, store, policies, check_vm=d.check_vm, clock=clock
+        config.state_dir,
+        d.runner,
+        d.store,
+        store,
+        policies,
+        check_vm=d.check_vm,
+        clock=clock,
+        inventory=inventory,
     )
