@@ -208,3 +208,20 @@ def test_per_host_limit_keeps_exports_apart(make: Any, tmp_path: Path) -> None:
     assert a.finished is not None and b.started is not None
     assert b.started >= a.finished  # one host: one at a time
     assert jobs[2].state == "succeeded"
+
+
+def test_the_history_keeps_the_newest_runs(tmp_path: Path) -> None:
+    from hypersdk.daemon import policy_store
+    from hypersdk.daemon.policy_store import Trigger
+
+    store = PolicyStore(tmp_path)
+    ids = []
+    for _ in range(policy_store.KEEP_RUNS + 5):
+        run = PolicyRun.new("p", Trigger.SCHEDULE, None)
+        store.save_run(run)
+        ids.append(run.id)
+    store.save_run(PolicyRun.new("other", Trigger.MANUAL, None))
+    kept = [r.id for r in store.runs("p", limit=5000)]
+    assert kept == list(reversed(ids))[: policy_store.KEEP_RUNS]
+    assert len(store.runs("other")) == 1
+    store.close()

@@ -136,6 +136,7 @@ class PolicyState:
 
 
 RESTARTED = "daemon restarted during the run"
+KEEP_RUNS = 1000  # runs kept per policy: a policy every minute must not grow the store forever
 
 
 class PolicyStore:
@@ -181,6 +182,11 @@ class PolicyStore:
     def save_run(self, run: PolicyRun) -> None:
         with self._lock:
             self._put_run(run)
+            self._db.execute(
+                "DELETE FROM runs WHERE policy = ? AND seq <= (SELECT seq FROM runs "
+                "WHERE policy = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (run.policy, run.policy, KEEP_RUNS),
+            )
             self._db.commit()
 
     def runs(self, policy: str, limit: int = 100) -> list[PolicyRun]:
