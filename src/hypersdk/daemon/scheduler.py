@@ -236,6 +236,8 @@ class PolicyScheduler:
             stored = self.store.state(policy.name).last_scheduled
             # A new policy catches up nothing from before it existed.
             last = parse_iso(stored) if stored else now
+            if last > now:  # the clock went back: do not wait for the old future
+                last, stored = now, None
             if not stored:
                 self._update_state(policy.name, lambda s: setattr(s, "last_scheduled", iso(now)))
             self._last[policy.name] = last
