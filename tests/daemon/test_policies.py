@@ -72,23 +72,18 @@ def test_policy_runs_twice_on_schedule_with_retention(
     qemu_io(image, "write -P 0x11 0 3M")
     qsd.write(0, rng.randbytes(4 * MiB))
     repo = tmp_path / "repo"
-    policies = write_policies(
-        tmp_path / "policies.yaml",
-        f"""
-policies:
-  - name: nightly
-    vms: ["{qsd.locator}", "qcow2:{image}"]
-    schedule: "{two_seconds_ahead(3)}"
-    retention: {{keep_last: 1}}
-    max_concurrent: 2
-""",
-    )
-    with Hypervisord(
-        tmp_path / "hvd", output=repo, allow=(tmp_path,), args=("--policies", str(policies))
-    ) as hvd:
+    with Hypervisord(tmp_path / "hvd", output=repo, allow=(tmp_path,)) as hvd:
         http = hvd.client()
         for vm in (qsd.locator, f"qcow2:{image}"):
             assert http.post("/cbt/enable", json={"vm_path": vm}).status_code == 200
+        # Made once the daemon answers, so that both times are still ahead.
+        policy = {
+            "vms": [qsd.locator, f"qcow2:{image}"],
+            "schedule": two_seconds_ahead(3),
+            "retention": {"keep_last": 1},
+            "max_concurrent": 2,
+        }
+        assert http.put("/policies/nightly", json=policy).status_code == 200
         first = wait_runs(http, "nightly", 1)[0]
         assert first["state"] == "succeeded", first
         assert first["trigger"] == "schedule" and first["scheduled"] is not None
@@ -120,7 +115,7 @@ policies:
             assert to.read_bytes() == want
 
         listed = http.get("/policies").json()["policies"]
-        assert [p["name"] for p in listed] == ["nightly"] and listed[0]["source"] == "file"
+        assert [p["name"] for p in listed] == ["nightly"] and listed[0]["source"] == "api"
         assert listed[0]["retention"]["keep_last"] == 1 and listed[0]["max_concurrent"] == 2
 
 
