@@ -40,6 +40,13 @@ RESPONSES = {
     "LastExportDisk": "LastExportDisk",
     "ServeSession": "ServeSession",
     "ServeSessionList": "ServeSessionList",
+    "PolicyInfo": "Policy",
+    "PolicyList": "PolicyList",
+    "PolicyRun": "PolicyRun",
+    "PolicyRunExport": "PolicyRunExport",
+    "PolicyRunList": "PolicyRunList",
+    "PolicyVm": "PolicyVm",
+    "RetentionRules": "RetentionRules",
 }
 # Request bodies: the options interface (camelCase fields) and the fields the client
 # takes as method arguments instead.
@@ -48,6 +55,7 @@ REQUESTS = {
     "RestoreCreate": ("RestoreOptions", set()),
     "VerifyCreate": ("VerifyOptions", set()),
     "ServeSessionCreate": ("ServeSessionOptions", set()),
+    "PolicyCreate": ("PolicyOptions", set()),  # snake_case: the policies file's fields
 }
 # Bodies the client builds from its arguments alone (client.ts): their fields are pinned,
 # so a new one fails here until the SDK's method takes it.
@@ -58,7 +66,7 @@ ARGUMENTS_ONLY = {
 
 # Enumerations the daemon names as schema components: types.ts has a type alias of the same
 # name with the same literals; fields that use them are compared by their literals.
-ENUMS = {"JobKind", "JobState"}
+ENUMS = {"JobKind", "JobState", "PolicyRunState"}
 
 Atom = str | tuple[str, Any]
 

@@ -26,6 +26,11 @@ import {
   type JobList,
   type JobResult,
   type ListExportsFilters,
+  type Policy,
+  type PolicyList,
+  type PolicyOptions,
+  type PolicyRun,
+  type PolicyRunList,
   type RestoreJob,
   type RestoreOptions,
   type ServeSession,
@@ -48,6 +53,11 @@ interface RequestOptions {
   body?: Record<string, unknown>;
   query?: Query;
   signal?: AbortSignal;
+}
+
+function policyPath(name: string): string {
+  if (!name) throw new TypeError('policy name is empty');
+  return `/policies/${encodeURIComponent(name)}`;
 }
 
 /** Drop the keys whose value is undefined (the daemon then uses its defaults). */
@@ -339,6 +349,40 @@ export class HyperSDK {
   /** `DELETE /serve-sessions/{id}`: stop serving (socket and overlay removed). */
   stopServeSession(id: string): Promise<ServeSession> {
     return this.request('DELETE', `/serve-sessions/${encodeURIComponent(id)}`);
+  // ------------------------------------------------------------------ Policies
+
+  /** `GET /policies`: every policy, with its `next_run` and the `running` run's id. */
+  async listPolicies(): Promise<Policy[]> {
+    const doc = await this.request<PolicyList>('GET', '/policies');
+    return doc.policies;
+  }
+
+  /** `GET /policies/{name}`; NotFoundError naming it when there is none. */
+  getPolicy(name: string): Promise<Policy> {
+    return this.request('GET', policyPath(name));
+  }
+
+  /** `PUT /policies/{name}`: create or replace a policy; InvalidRequestError names the wrong field. */
+  putPolicy(name: string, policy: PolicyOptions): Promise<Policy> {
+    return this.request('PUT', policyPath(name), { body: { ...policy } });
+  }
+
+  /** `DELETE /policies/{name}`: a policy made through the API (its runs go with it). */
+  deletePolicy(name: string): Promise<Policy> {
+    return this.request('DELETE', policyPath(name));
+  }
+
+  /** `POST /policies/{name}/run` (202): the run with its first export jobs; ConflictError while one runs. */
+  runPolicy(name: string): Promise<PolicyRun> {
+    return this.request('POST', `${policyPath(name)}/run`);
+  }
+
+  /** `GET /policies/{name}/history`: the policy's runs, newest first (skipped ones too). */
+  async policyHistory(name: string, limit?: number): Promise<PolicyRun[]> {
+    const doc = await this.request<PolicyRunList>('GET', `${policyPath(name)}/history`, {
+      query: { limit },
+    });
+    return doc.runs;
   }
 
   // ------------------------------------------------------------------- Service

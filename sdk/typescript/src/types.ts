@@ -293,6 +293,104 @@ export interface ServeSession {
 
 export interface ServeSessionList {
   sessions: ServeSession[];
+// ------------------------------------------------------------------------ Policies
+
+/** A policy's retention rules (restic's `forget --keep-*`, docs/retention.md); 0 or absent: off. */
+export interface RetentionRules {
+  keep_last?: number;
+  keep_hourly?: number;
+  keep_daily?: number;
+  keep_weekly?: number;
+  keep_monthly?: number;
+  keep_yearly?: number;
+  /** A duration such as `7d` or `1y6m`; empty: off. */
+  keep_within?: string;
+}
+
+/** A VM of a policy and its placement, the keys of `max_per_host` / `max_per_datastore`. */
+export interface PolicyVm {
+  vm: string;
+  host?: string | null;
+  datastore?: string | null;
+}
+
+/** A VM of a policy: its locator, or the locator with its placement. */
+export type PolicyVmEntry = string | PolicyVm;
+
+/** Where a policy comes from: the daemon's policies file (read-only here) or the API. */
+export type PolicySource = 'file' | 'api';
+
+/** `GET /policies/{name}`. */
+export interface Policy {
+  name: string;
+  vms: PolicyVm[];
+  /** Cron, UTC: 5 fields, or 6 with seconds first. */
+  schedule: string;
+  output: string;
+  retention: RetentionRules;
+  full_every_days: number | null;
+  audit_every_days: number | null;
+  max_concurrent: number;
+  max_per_host: number | null;
+  max_per_datastore: number | null;
+  source: PolicySource;
+  /** The next scheduled time (ISO 8601, UTC). */
+  next_run: string;
+  /** The id of the run going, if any. */
+  running: string | null;
+  [field: string]: unknown;
+}
+
+/** `GET /policies`. */
+export interface PolicyList {
+  policies: Policy[];
+}
+
+/** What the policy asked of one VM's export. */
+export type PolicyExportMode = 'incremental' | 'full' | 'audit';
+export type PolicyRunState = 'running' | 'succeeded' | 'failed' | 'skipped';
+export type PolicyTrigger = 'schedule' | 'catch-up' | 'manual';
+
+/** One VM's export in a policy run. */
+export interface PolicyRunExport {
+  vm: string;
+  mode: PolicyExportMode;
+  /** Why that mode (e.g. the audit that found blocks CBT missed). */
+  why: string;
+  /** The daemon's export job; null until submitted. */
+  job_id: string | null;
+  /** `pending`, then the export job's state. */
+  state: string;
+  generation: string | null;
+  /** What the export did: `full` or `incremental`. */
+  result_mode: string | null;
+  /** The CBT audit's count of missed blocks, when one was made. */
+  blocks_missed: number | null;
+  error: string | null;
+}
+
+/** The prune report of a run (`hyperctl prune --json`). */
+export type PruneResult = Record<string, unknown>;
+
+/** A run of a policy (`POST /policies/{name}/run`, `GET /policies/{name}/history`). */
+export interface PolicyRun {
+  id: string;
+  policy: string;
+  trigger: PolicyTrigger;
+  /** The cron time the run is for; null when run by hand. */
+  scheduled: string | null;
+  state: PolicyRunState;
+  /** Why it failed or was skipped. */
+  reason: string | null;
+  started: string | null;
+  finished: string | null;
+  exports: PolicyRunExport[];
+  prune: PruneResult | null;
+}
+
+/** `GET /policies/{name}/history`. */
+export interface PolicyRunList {
+  runs: PolicyRun[];
 }
 
 // ------------------------------------------------------------------------- Service
@@ -326,6 +424,25 @@ export interface ExportOptions {
   maxIncrementalAgeDays?: number;
   /** Read every block and report the blocks CBT missed since the previous generation. */
   audit?: boolean;
+}
+
+/**
+ * `putPolicy`: a policy document, with the fields of the policies file (snake_case, as in
+ * the YAML or TOML file, so one document serves both).
+ */
+export interface PolicyOptions {
+  /** Must be the name the call gives, when present. */
+  name?: string;
+  vms: PolicyVmEntry[];
+  schedule: string;
+  /** Repository folder; the daemon's default repository when left out. */
+  output?: string;
+  retention?: RetentionRules;
+  full_every_days?: number;
+  audit_every_days?: number;
+  max_concurrent?: number;
+  max_per_host?: number;
+  max_per_datastore?: number;
 }
 
 /** `listExports` filters (query parameters of `GET /exports`). */

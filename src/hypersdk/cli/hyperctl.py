@@ -23,6 +23,7 @@ COMMANDS = (
     "hypersdk.cli.commands.status",
     "hypersdk.cli.commands.key",
     "hypersdk.cli.commands.copy",
+    "hypersdk.cli.commands.policy",
     "hypersdk.cli.lab",
 )
 

@@ -224,6 +224,38 @@ class AsyncHyperSDK:
         result: dict[str, Any] = await self._send(c.stop_serve_session(session_id))
         return result
 
+    # -- backup policies ------------------------------------------------------------------
+
+    async def list_policies(self) -> list[dict[str, Any]]:
+        """Every policy, with its ``next_run`` and the ``running`` run's id."""
+        result: list[dict[str, Any]] = await self._send(c.list_policies())
+        return result
+
+    async def get_policy(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.get_policy(name))
+        return result
+
+    async def put_policy(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a policy (the policy file's fields: ``vms``, ``schedule``,
+        ``retention``...); InvalidRequestError names the field that is wrong."""
+        result: dict[str, Any] = await self._send(c.put_policy(name, policy))
+        return result
+
+    async def delete_policy(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._send(c.delete_policy(name))
+        return result
+
+    async def run_policy(self, name: str) -> dict[str, Any]:
+        """Run a policy now; returns the run with its first export jobs. ConflictError
+        while a run of it is going."""
+        result: dict[str, Any] = await self._send(c.run_policy(name))
+        return result
+
+    async def policy_history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The policy's runs, newest first (skipped runs too, with their reason)."""
+        result: list[dict[str, Any]] = await self._send(c.policy_history(name, limit))
+        return result
+
     # -- service --------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:

@@ -119,6 +119,38 @@ def stop_serve_session(session_id: str) -> Call:
     return Call("DELETE", _session_path(session_id))
 
 
+def _policy_path(name: str) -> str:
+    if not name:
+        raise ValueError("policy name is empty")
+    return f"/policies/{quote(name, safe='')}"
+
+
+def list_policies() -> Call:
+    return Call("GET", "/policies", unwrap="policies")
+
+
+def get_policy(name: str) -> Call:
+    return Call("GET", _policy_path(name))
+
+
+def put_policy(name: str, policy: dict[str, Any]) -> Call:
+    return Call("PUT", _policy_path(name), dict(policy))
+
+
+def delete_policy(name: str) -> Call:
+    return Call("DELETE", _policy_path(name))
+
+
+def run_policy(name: str) -> Call:
+    return Call("POST", f"{_policy_path(name)}/run")
+
+
+def policy_history(name: str, limit: int | None) -> Call:
+    return Call(
+        "GET", f"{_policy_path(name)}/history", params=_drop_none(limit=limit), unwrap="runs"
+    )
+
+
 def health() -> Call:
     return Call("GET", "/health")
 

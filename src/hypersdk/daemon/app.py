@@ -12,6 +12,7 @@ from hypersdk.daemon import (
     errors,
     routes_cbt,
     routes_exports,
+    routes_policies,
     routes_repository,
     routes_serve,
     routes_service,
@@ -21,7 +22,9 @@ from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.guards import BodyGuard, EventStreamLimit, LoopbackHost
 from hypersdk.daemon.jobs import JobStore
 from hypersdk.daemon.paths import AllowedPaths
+from hypersdk.daemon.policy_store import PolicyStore
 from hypersdk.daemon.runner import Runner
+from hypersdk.daemon.scheduler import create_scheduler
 from hypersdk.daemon.sessions import ServeSessions
 from hypersdk.daemon.state import Daemon
 from hypersdk.daemon.token import load_or_create_token
@@ -46,14 +49,25 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     runner = Runner(config, store)
     state = Daemon(config, store, runner, allowed_paths(config))
     sessions = ServeSessions(config.state_dir, password=config.repository_password)
+    policy_store = PolicyStore(config.state_dir)
+    policy_store.recover()
+    try:
+        scheduler = create_scheduler(state, policy_store)
+    except BaseException:
+        runner.shutdown()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
         try:
             yield
         finally:
             sessions.close()
+            scheduler.stop()  # no new runs or exports
             runner.shutdown()
+            scheduler.join()  # the runs record how their jobs ended
+            policy_store.close()
             store.close()
 
     app = FastAPI(
@@ -68,8 +82,10 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     )
     app.state.daemon = state
     app.state.serve_sessions = sessions
+    app.state.policies = scheduler
     errors.install(app)
-    for module in (routes_service, routes_cbt, routes_exports, routes_repository, routes_serve):
+    routes = (routes_service, routes_cbt, routes_exports, routes_repository, routes_serve)
+    for module in (*routes, routes_policies):
         app.include_router(module.router)
     # Added innermost first: a request meets LoopbackHost, TokenAuth, EventStreamLimit,
     # BodyGuard, then the route.

@@ -16,6 +16,13 @@ TOML layout (every key optional)::
     tls_key = "/etc/hypersdk/key.pem"
     password_file = "/etc/hypersdk/repo-password"   # encrypted repositories' password
                                       # (first line; else HYPERSDK_PASSWORD); mode 0600
+    policies_file = "/etc/hypersdk/policies.yaml"   # backup policies (YAML or .toml)
+
+    [[policies]]                      # policies may also be written here (daemon/policies.py)
+    name = "nightly"
+    vms = ["qcow2:/var/lib/vms/web.qcow2"]
+    schedule = "0 2 * * *"
+    retention = {keep_daily = 7}
 
 The file may hold the token and the vSphere password: it must not be readable (or
 writable) by group or others, else the daemon refuses to start.
@@ -79,6 +86,9 @@ class DaemonConfig:
     @property
     def repository_password(self) -> Password:
         return Password(file=self.password_file)
+
+    policies_file: str | None = None  # YAML, or TOML when it ends in .toml
+    policies: tuple[Any, ...] = ()  # the config file's [[policies]] tables, checked at start
 
     def check(self) -> DaemonConfig:
         """Refuse settings that cannot work or are unsafe; returns self."""
@@ -205,6 +215,7 @@ def load_config(
     allow_devices: bool | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    policies_file: str | None = None,
     config_file: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> DaemonConfig:
@@ -236,6 +247,10 @@ def load_config(
     cert_v = pick(tls_cert, "HYPERSDK_TLS_CERT", "tls_cert")
     key_v = pick(tls_key, "HYPERSDK_TLS_KEY", "tls_key")
     password_file_v = pick(None, "HYPERSDK_PASSWORD_FILE", "password_file")
+    policies_v = pick(policies_file, "HYPERSDK_POLICIES_FILE", "policies_file")
+    policy_docs = toml.get("policies", [])
+    if not isinstance(policy_docs, list):
+        raise UsageError("policies in the config file must be [[policies]] tables")
 
     # vSphere: TOML values act as defaults below flags/env (VsphereSettings.resolve).
     vs_env = dict(e)
@@ -280,4 +295,8 @@ def load_config(
         password_file=_str(password_file_v, "password_file")
         if password_file_v is not None
         else None,
+        policies_file=os.path.abspath(os.path.expanduser(_str(policies_v, "policies_file")))
+        if policies_v is not None
+        else None,
+        policies=tuple(policy_docs),
     ).check()

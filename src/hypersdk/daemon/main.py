@@ -2,7 +2,7 @@
 
     hypervisord [--listen ADDR] [--port N] [--config FILE] [--output REPO]
                 [--allow-path DIR ...] [--allow-devices] [--tls-cert PEM --tls-key PEM]
-                [--state-dir DIR] [--max-concurrent-exports N]
+                [--state-dir DIR] [--max-concurrent-exports N] [--policies FILE]
 
 Every route but /health needs the API token. It comes from HYPERSDK_API_TOKEN or the
 config file (never a flag: flags show in ps); without one the daemon makes one in
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (serve HTTPS)")
     p.add_argument("--tls-key", metavar="PEM", help="TLS private key")
     p.add_argument("--state-dir", help="state folder (default ~/.hypersdk)")
+    p.add_argument(
+        "--policies", metavar="FILE", help="backup policies file (YAML, or TOML if *.toml)"
+    )
     p.add_argument("--max-concurrent-exports", type=int, help="jobs run at once (default 2)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -69,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_devices=args.allow_devices,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            policies_file=args.policies,
             config_file=args.config,
         )
         prepare_state_dir(config.state_dir)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypersdk.daemon.jobs import JobKind, JobState
+from hypersdk.daemon.policy_store import PolicyRunState
 from hypersdk.engine import request as req
 from hypersdk.engine.request import ExportRequest
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
@@ -326,3 +327,101 @@ class ServeSessionList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
+
+
+# -- backup policies -----------------------------------------------------------------
+
+
+class RetentionRules(BaseModel):
+    """engine/retention.py's rules (restic's ``forget --keep-*``); 0 or absent: off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_last: int = Field(default=0, ge=0)
+    keep_hourly: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+    keep_yearly: int = Field(default=0, ge=0)
+    keep_within: str = Field(default="", max_length=64, description="e.g. 7d or 1y6m")
+
+
+class PolicyVm(BaseModel):
+    """A VM of a policy and its placement (the keys of max_per_host / max_per_datastore)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vm: str = _vm_path()
+    host: str | None = _name(None, "ESXi host (default: this host for QEMU VMs)")
+    datastore: str | None = _name(None, "datastore (default: a qcow2 image's filesystem)")
+
+
+class PolicyCreate(BaseModel):
+    """PUT /policies/{name}: the policy file's fields (unknown fields are refused: a
+    misspelt rule must not vanish)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = _name(None, "must be the path's name when given")
+    vms: list[str | PolicyVm] = Field(min_length=1, max_length=1000)
+    schedule: str = Field(
+        min_length=1,
+        max_length=256,
+        description="cron, UTC: 5 fields, or 6 with seconds first",
+    )
+    output: str | None = _output()
+    retention: RetentionRules | None = None
+    full_every_days: float | None = Field(default=None, gt=0)
+    audit_every_days: float | None = Field(default=None, gt=0)
+    max_concurrent: int = Field(default=1, ge=1, le=64)
+    max_per_host: int | None = Field(default=None, ge=1, le=64)
+    max_per_datastore: int | None = Field(default=None, ge=1, le=64)
+
+
+class PolicyInfo(BaseModel):
+    name: str
+    vms: list[PolicyVm]
+    schedule: str
+    output: str
+    retention: RetentionRules
+    full_every_days: float | None
+    audit_every_days: float | None
+    max_concurrent: int
+    max_per_host: int | None
+    max_per_datastore: int | None
+    source: Literal["file", "api"]
+    next_run: str = Field(description="the next scheduled time (UTC)")
+    running: str | None = Field(description="the id of the run going, if any")
+
+
+class PolicyList(BaseModel):
+    policies: list[PolicyInfo]
+
+
+class PolicyRunExport(BaseModel):
+    vm: str
+    mode: Literal["incremental", "full", "audit"] = Field(description="what the policy asked")
+    why: str
+    job_id: str | None
+    state: str = Field(description="pending, then the export job's state")
+    generation: str | None
+    result_mode: str | None = Field(description="what the export did: full or incremental")
+    blocks_missed: int | None = Field(description="the CBT audit's count, when one was made")
+    error: str | None
+
+
+class PolicyRun(BaseModel):
+    id: str
+    policy: str
+    trigger: Literal["schedule", "catch-up", "manual"]
+    scheduled: str | None = Field(description="the cron time of the run (null: run by hand)")
+    state: PolicyRunState
+    reason: str | None
+    started: str | None
+    finished: str | None
+    exports: list[PolicyRunExport]
+    prune: dict[str, Any] | None = Field(description="the prune report, as hyperctl prune --json")
+
+
+class PolicyRunList(BaseModel):
+    runs: list[PolicyRun]

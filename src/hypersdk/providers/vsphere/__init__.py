@@ -6,7 +6,8 @@ translates pyVmomi errors, ``_inventory`` finds the VM and describes disks,
 ``_snapshots`` runs tasks and owns our snapshots (which are busy, which are leftovers of
 crashed runs), ``_live`` is the process's registry of live sessions' snapshots,
 ``_changed`` pages QueryChangedDiskAreas, ``_reader`` reads flat disk files with HTTPS
-Range requests, ``_session`` is the backup session, ``_provider`` the facade.
+Range requests, ``_session`` is the backup session, ``_provider`` the facade, ``_list``
+lists the VMs with their host and datastore (backup policies' folders and globs).
 
 Settings (``hypersdk.providers.connection.VsphereSettings``) that change behaviour here:
 ``ca_file`` (``HYPERSDK_VSPHERE_CA_FILE``, ``GOVC_TLS_CA_CERTS``): CA certificates
@@ -32,12 +33,15 @@ Errors raised (all ``hypersdk.errors``)::
 """
 
 from hypersdk.providers.vsphere._connection import VsphereConnection
+from hypersdk.providers.vsphere._list import InventoryVm, list_vms
 from hypersdk.providers.vsphere._provider import VsphereProvider, open_vsphere_provider
 from hypersdk.providers.vsphere._session import VsphereBackupSession
 
 __all__ = [
+    "InventoryVm",
     "VsphereBackupSession",
     "VsphereConnection",
     "VsphereProvider",
+    "list_vms",
     "open_vsphere_provider",
 ]
