@@ -100,7 +100,7 @@ def test_policy_runs_twice_on_schedule_with_retention(
             assert job["kind"] == "export" and job["state"] == "succeeded"
         prune = second["prune"]
         assert prune["removed"] == 2 and prune["kept"] == 2
-        assert prune["gc"]["bytes_freed"] > 0
+        assert prune["gc"]["bytes_removed"] > 0
 
         gens = http.get("/generations").json()["generations"]
         assert sorted(g["id"] for g in gens) == sorted(e["generation"] for e in second["exports"])

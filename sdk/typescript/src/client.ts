@@ -349,6 +349,8 @@ export class HyperSDK {
   /** `DELETE /serve-sessions/{id}`: stop serving (socket and overlay removed). */
   stopServeSession(id: string): Promise<ServeSession> {
     return this.request('DELETE', `/serve-sessions/${encodeURIComponent(id)}`);
+  }
+
   // ------------------------------------------------------------------ Policies
 
   /** `GET /policies`: every policy, with its `next_run` and the `running` run's id. */

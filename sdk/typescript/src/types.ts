@@ -293,6 +293,8 @@ export interface ServeSession {
 
 export interface ServeSessionList {
   sessions: ServeSession[];
+}
+
 // ------------------------------------------------------------------------ Policies
 
 /** A policy's retention rules (restic's `forget --keep-*`, docs/retention.md); 0 or absent: off. */
