@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.libvirt.rig import Domain, Libvirtd, why_not
+
+
+@pytest.fixture(scope="module")
+def libvirtd() -> Iterator[Libvirtd]:
+    reason = why_not()
+    if reason:
+        pytest.skip(reason)
+    daemon = Libvirtd()
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_domain(libvirtd: Libvirtd) -> Iterator[Domain]:
+    """One domain for the module: libvirt 9 probes QEMU again on every define (tens of
+    seconds under TCG), so the tests share it and each starts from no checkpoint."""
+    dom = Domain(libvirtd)
+    try:
+        yield dom
+    finally:
+        dom.close()
