@@ -7,7 +7,7 @@ import pytest
 from tests.libvirt.rig import Domain, Libvirtd, why_not
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def libvirtd() -> Iterator[Libvirtd]:
     reason = why_not()
     if reason:
@@ -19,9 +19,9 @@ def libvirtd() -> Iterator[Libvirtd]:
         daemon.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_domain(libvirtd: Libvirtd) -> Iterator[Domain]:
-    """One domain for the module: libvirt 9 probes QEMU again on every define (tens of
+    """One domain for the libvirt tests: libvirt 9 probes QEMU again on every define (tens of
     seconds under TCG), so the tests share it and each starts from no checkpoint."""
     dom = Domain(libvirtd)
     try:
