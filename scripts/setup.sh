@@ -16,9 +16,16 @@ APT_PACKAGES=(
   python3-venv
   nodejs npm            # the TypeScript SDK
   zstd
+  # libvirt: the daemons the libvirt tests start themselves (no systemd needed), virsh,
+  # and the headers libvirt-python (pyproject) builds against. Not libvirt-daemon-system:
+  # it would pull in systemd as init.
+  libvirt-daemon              # libvirtd, virtlogd, virtlockd
+  libvirt-daemon-driver-qemu  # the QEMU driver
+  libvirt-clients             # virsh
+  libvirt-dev pkg-config gcc python3-dev
 )
 if [[ "${1:-}" == --bench ]]; then
-  APT_PACKAGES+=(restic borgbackup)
+  APT_PACKAGES+=(restic borgbackup virtnbdbackup)
 fi
 
 missing=()
@@ -41,6 +48,14 @@ if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# QEMU's user under qemu:///system (libvirt-daemon-system would create it).
+if ! getent passwd libvirt-qemu >/dev/null; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+    --shell /usr/sbin/nologin libvirt-qemu
 fi
 
 PYTHON=${PYTHON:-python3}
