@@ -185,6 +185,7 @@ class Domain:
             subprocess.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)], check=True
             )
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # raised, not printed
         self.conn: Any = libvirt.open(daemon.uri)
         self.dom: Any = self.conn.defineXML(self.xml())
         self.locator = f"libvirt:{self.name}?connect={daemon.uri}"
