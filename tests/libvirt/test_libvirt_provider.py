@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hypersdk.errors import ChangeIdInvalid
-from hypersdk.providers.factory import canonical_locator, open_provider
+from hypersdk.errors import ChangeIdInvalid, UsageError
+from hypersdk.providers.factory import canonical_locator, export_key, open_provider
 from hypersdk.providers.libvirt import LibvirtProvider
 from hypersdk.providers.libvirt import _session as lv_session
 from hypersdk.providers.qemu import _stale
@@ -99,6 +99,14 @@ def test_running_full_then_incremental_while_written(shared_domain: Domain, tmp_
         assert not dom.job_active()
         p.backup_committed({"vda": second})
         assert dom.checkpoint_names() == [second]
+
+        # The CBT audit: a full read in ``changed``, libvirt's answer in ``reported``.
+        dom.io("write -P 0x34 9M 64k")
+        with p.open_backup({"vda": second}, audit=True) as session:
+            (disk,) = session.disks
+            assert disk.changed is not None and disk.reported is not None
+            assert ranges(disk.reported, zero=False) == [(9 * MiB, 9 * MiB + K64)]
+            assert disk.changed[0].offset == 0 and disk.changed[-1].end == 16 * MiB
         p.disable_cbt()
         assert dom.checkpoint_names() == []
     finally:
@@ -204,6 +212,13 @@ def test_failure_midway_leaves_no_job_and_no_checkpoint(shared_domain: Domain) -
 
 
 def test_canonical_locator_names_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the daemon's running-export key: two spellings of one domain are one VM
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    assert export_key("libvirt:vm1") == export_key("libvirt:vm1?connect=qemu:///system")
+    assert export_key("libvirt:vm1") != export_key("libvirt:vm1?connect=qemu+ssh://h/system")
+    with pytest.raises(UsageError):
+        canonical_locator("libvirt:")
+
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+ssh://h/system")
     assert canonical_locator("libvirt:vm1") == "libvirt:vm1?connect=qemu+ssh://h/system"
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI")

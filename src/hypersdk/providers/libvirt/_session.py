@@ -299,8 +299,15 @@ class PullBackupSession(_SessionBase):
         self.tmpdir = _make_folder(self.session_id, t, self.checkpoint, owner)
         sockdir = os.path.join(self.tmpdir, QEMU_DIR) if owner else self.tmpdir
         sock = os.path.join(sockdir, "nbd.sock")
-        with calling("starting the backup job"):
+        lv = _connect.lib()
+        try:
             t.dom.backupBegin(self._backup_xml(sock, sockdir), self._checkpoint_xml(), 0)
+        except lv.libvirtError as err:
+            text = str(err)
+            if self._since and ("checkpoint" in text or "bitmap" in text):
+                # libvirt refused the previous checkpoint: the engine starts anew (full)
+                raise ChangeIdInvalid(f"libvirt refused the previous checkpoint: {text}") from err
+            raise _connect.translate(err, "starting the backup job") from err
         self._on_failure.push(
             f"delete checkpoint {self.checkpoint}",
             functools.partial(_delete_checkpoint, t.dom, self.checkpoint),
