@@ -58,6 +58,17 @@ if ! getent passwd libvirt-qemu >/dev/null; then
     --shell /usr/sbin/nologin libvirt-qemu
 fi
 
+# /dev/kvm for QEMU's user, as Debian's udev rule sets it (group kvm, mode 0660). A
+# container's /dev/kvm is often root's alone: libvirt domains then run under TCG and
+# libvirt probes QEMU anew on every call (tens of seconds each).
+if [[ -c /dev/kvm && $(id -u) -eq 0 ]]; then
+  getent group kvm >/dev/null || groupadd --system kvm
+  id -nG libvirt-qemu | grep -qw kvm || usermod -aG kvm libvirt-qemu
+  if [[ $(stat -c %G /dev/kvm) == root ]]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv

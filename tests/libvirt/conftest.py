@@ -21,8 +21,8 @@ def libvirtd() -> Iterator[Libvirtd]:
 
 @pytest.fixture(scope="session")
 def shared_domain(libvirtd: Libvirtd) -> Iterator[Domain]:
-    """One domain for the libvirt tests: libvirt 9 probes QEMU again on every define (tens of
-    seconds under TCG), so the tests share it and each starts from no checkpoint."""
+    """One domain for the libvirt tests, each starting from no checkpoint: without KVM
+    for QEMU's user libvirt 9 probes QEMU again on every define (tens of seconds)."""
     dom = Domain(libvirtd)
     try:
         yield dom
