@@ -222,10 +222,12 @@ def _wait_job_gone(dom: Any) -> None:
         time.sleep(0.05)
 
 
-def _abort(dom: Any) -> None:
+def _abort(dom: Any, sock: str) -> None:
+    """Abort the domain's backup job if it is the one serving ``sock`` (ours)."""
     lv = _connect.lib()
-    if _active_backup(dom) is None:
-        return
+    job = _active_backup(dom)
+    if job is None or _domain.backup_socket(job) != sock:
+        return  # no job, or not ours: never touched
     with contextlib.suppress(lv.libvirtError):  # ended on its own meanwhile
         dom.abortJob()
     _wait_job_gone(dom)
@@ -252,8 +254,8 @@ def sweep(target: Target) -> list[str]:
             continue
         if not _maker_gone(doc):
             continue
-        if job_socket and os.path.dirname(os.path.dirname(job_socket)) == str(folder):
-            _abort(target.dom)
+        if job_socket and job_socket.startswith(f"{folder}{os.sep}"):
+            _abort(target.dom, job_socket)
             removed.append("its backup job")
             job_socket = ""
             name = str(doc.get("checkpoint", ""))
@@ -299,6 +301,13 @@ class PullBackupSession(_SessionBase):
         self.tmpdir = _make_folder(self.session_id, t, self.checkpoint, owner)
         sockdir = os.path.join(self.tmpdir, QEMU_DIR) if owner else self.tmpdir
         sock = os.path.join(sockdir, "nbd.sock")
+        # The undo steps first: a Ctrl-C right after backupBegin returns must not leave
+        # the job running. Both only act on what carries our names.
+        self._on_failure.push(
+            f"delete checkpoint {self.checkpoint}",
+            functools.partial(_delete_checkpoint, t.dom, self.checkpoint),
+        )
+        self._cleanup.push("abort the backup job", functools.partial(_abort, t.dom, sock))
         lv = _connect.lib()
         try:
             t.dom.backupBegin(self._backup_xml(sock, sockdir), self._checkpoint_xml(), 0)
@@ -308,11 +317,6 @@ class PullBackupSession(_SessionBase):
                 # libvirt refused the previous checkpoint: the engine starts anew (full)
                 raise ChangeIdInvalid(f"libvirt refused the previous checkpoint: {text}") from err
             raise _connect.translate(err, "starting the backup job") from err
-        self._on_failure.push(
-            f"delete checkpoint {self.checkpoint}",
-            functools.partial(_delete_checkpoint, t.dom, self.checkpoint),
-        )
-        self._cleanup.push("abort the backup job", functools.partial(_abort, t.dom))
         with calling("reading the backup job"):
             exports = _domain.backup_exports(t.dom.backupGetXMLDesc(0))
         for disk in t.disks:
