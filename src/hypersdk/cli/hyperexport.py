@@ -3,6 +3,9 @@
 hyperexport --vm VM --output REPO [--incremental] [--force-full] [--audit] [--json]
 hyperexport --vm VM --incremental-info [--output REPO]
 hyperexport --vm VM --enable-cbt | --disable-cbt
+
+VM: /Datacenter/vm/name, qemu:/path/qmp.sock, qcow2:/path/disk.qcow2 or libvirt:DOMAIN
+(with --connect URI, else LIBVIRT_DEFAULT_URI, else qemu:///system)
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def _libvirt() -> Any:
         import libvirt
     except ImportError as err:
         raise ProviderError(
-            "the libvirt Python binding is missing: pip install libvirt-python "
+            "the libvirt Python binding is missing: pip install 'hypersdk[libvirt]' "
             "(it builds against Debian's libvirt-dev)"
         ) from err
     # libvirt prints every error on stderr by default; ours are raised, not printed.
