@@ -30,6 +30,7 @@ MiB = 1024 * 1024
 QEMU_USER = "libvirt-qemu"
 SYSTEM_LOGD = "/run/libvirt/virtlogd-sock"
 SYSTEM_LIBVIRTD = "/run/libvirt/libvirt-sock"
+NAME_PREFIX = "hsdk-test-"  # the test domains' names: only these are ever reaped
 
 
 def why_not() -> str:
@@ -118,7 +119,27 @@ class Libvirtd:
             self.dir / "libvirtd.log",
         )
         self.uri = f"qemu:///system?socket={sock}"
+        self.reap()
         return self
+
+    def reap(self) -> None:
+        """Destroy and undefine the test domains of an earlier run that was killed: their
+        QEMU outlives libvirtd, which finds them again when it starts."""
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        conn = libvirt.open(self.uri)
+        try:
+            for dom in conn.listAllDomains(0):
+                if not dom.name().startswith(NAME_PREFIX):
+                    continue
+                with contextlib.suppress(libvirt.libvirtError):
+                    if dom.isActive():
+                        dom.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        finally:
+            conn.close()
 
     def _spawn(self, argv: list[str], sock: str, what: str, log: Path) -> None:
         proc = subprocess.Popen(
@@ -175,7 +196,7 @@ class Domain:
         import libvirt
 
         self.daemon = daemon
-        self.name = f"hsdk-test-{secrets.token_hex(3)}"
+        self.name = f"{NAME_PREFIX}{secrets.token_hex(3)}"
         self.folder = daemon.dir / self.name
         self.folder.mkdir()
         os.chmod(self.folder, 0o711)
