@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hypersdk.providers.factory import canonical_locator, export_key, open_provi
 from hypersdk.providers.libvirt import LibvirtProvider
 from hypersdk.providers.libvirt import _session as lv_session
 from hypersdk.providers.qemu import _stale
-from tests.libvirt.rig import QEMU_USER, Domain, MiB, image_bytes, mode_of
+from tests.libvirt.rig import QEMU_USER, Domain, Libvirtd, MiB, domain, image_bytes, mode_of
 from tests.qemu.helpers import materialize, ranges
 
 K64 = 64 * 1024
@@ -227,3 +228,23 @@ def test_canonical_locator_names_the_connection(monkeypatch: pytest.MonkeyPatch)
         canonical_locator("libvirt:vm1?connect=qemu:///system?socket=/s")
         == "libvirt:vm1?connect=qemu:///system?socket=/s"
     )
+
+
+def test_domain_redefined_on_another_disk_file(libvirtd: Libvirtd) -> None:
+    with domain(libvirtd) as dom:  # its own: its definition changes
+        p = _open(dom.locator)
+        try:
+            p.enable_cbt()
+            cp = p.cbt_status().disks[0].change_id
+            assert p.check_change_id("vda", cp).valid
+            moved = dom.folder / "moved.qcow2"
+            shutil.copy(dom.paths["vda"], moved)
+            xml = dom.dom.XMLDesc(0).replace(str(dom.paths["vda"]), str(moved))
+            dom.dom = dom.conn.defineXML(xml)  # the same UUID, another disk file
+            verdict = p.check_change_id("vda", cp)
+            assert not verdict.valid
+            assert (
+                verdict.reason == f"disk vda is now {moved}; checkpoint {cp} saw {dom.paths['vda']}"
+            )
+        finally:
+            p.close()
