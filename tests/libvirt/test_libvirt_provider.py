@@ -248,3 +248,10 @@ def test_domain_redefined_on_another_disk_file(libvirtd: Libvirtd) -> None:
             )
         finally:
             p.close()
+
+
+def test_remote_connection_cannot_read_disks() -> None:
+    # the NBD socket and the images are files on the VM's host: refused before any call
+    p = LibvirtProvider("libvirt:vm?connect=qemu+ssh://h/system", "qemu+ssh://h/system", None, None)
+    with pytest.raises(UsageError, match="is remote"):
+        p.open_backup(None)

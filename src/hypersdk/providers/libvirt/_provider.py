@@ -11,8 +11,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from hypersdk.errors import CbtUnavailable, ChangeIdInvalid, NotFoundError, ProviderError
+from hypersdk.errors import (
+    CbtUnavailable,
+    ChangeIdInvalid,
+    NotFoundError,
+    ProviderError,
+    UsageError,
+)
 from hypersdk.providers.base import (
     CbtStatus,
     ChangeIdCheck,
@@ -112,6 +119,14 @@ class LibvirtProvider:
                 raise ChangeIdInvalid(f"disk {key}: {verdict.reason}")
         return disks
 
+    def _require_local(self, what: str) -> None:
+        """Reading disks needs this host: the NBD socket and the images are local files."""
+        if urlsplit(self._uri).hostname:
+            raise UsageError(
+                f"{what} needs the domain's host: libvirt at {self._uri} is remote (its NBD "
+                "socket and disk images are files there); run hyperexport on that host"
+            )
+
     def _target(self, disks: list[_domain.Disk]) -> _session.Target:
         return _session.Target(self._dom, self.identity().vm_id, self._uri, disks)
 
@@ -160,6 +175,7 @@ class LibvirtProvider:
             return
         name = _checkpoints.new_name()
         if not self._active():
+            self._require_local("a checkpoint of a shut-off domain")
             undo = CleanupStack()
             try:
                 _session.add_offline_checkpoint(self._target(disks), name, undo)
@@ -182,6 +198,7 @@ class LibvirtProvider:
             if active:
                 _session._delete_checkpoint(self._dom, name)
             else:
+                self._require_local("deleting a checkpoint of a shut-off domain")
                 _session.forget_checkpoint(self._dom, name)
 
     def check_change_id(self, disk_key: str, change_id: str) -> ChangeIdCheck:
@@ -195,6 +212,7 @@ class LibvirtProvider:
             for key, change_id in since.items():
                 counts[key] = cps[change_id].sizes.get(key, 0)
             return EstimatedChanges(per_disk=counts, exact=True)
+        self._require_local("counting the changes of a shut-off domain")
         cps = {c.name: c for c in self.checkpoints()}
         for key, change_id in since.items():
             disk = next(d for d in disks if d.key == key)
@@ -207,6 +225,7 @@ class LibvirtProvider:
     def open_backup(
         self, since: Mapping[str, str] | None, *, audit: bool = False
     ) -> _session.PullBackupSession | _session.OfflineBackupSession:
+        self._require_local("a backup")
         disks = self._require(since or {})
         for d in disks:
             if d.cbt_reason:
