@@ -42,6 +42,7 @@ bench:
 	$(VENV)/python bench/bench_crypto.py
 	$(VENV)/python bench/bench_gc.py
 	$(VENV)/python bench/bench_peers.py
+	$(VENV)/python bench/bench_libvirt.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis sdk/typescript/node_modules sdk/typescript/dist sdk/typescript/dist-test lab/vcsim/bin

@@ -16,9 +16,16 @@ APT_PACKAGES=(
   python3-venv
   nodejs npm            # the TypeScript SDK
   zstd
+  # libvirt: the daemons the libvirt tests start themselves (no systemd needed), virsh,
+  # and the headers libvirt-python (pyproject) builds against. Not libvirt-daemon-system:
+  # it would pull in systemd as init.
+  libvirt-daemon              # libvirtd, virtlogd, virtlockd
+  libvirt-daemon-driver-qemu  # the QEMU driver
+  libvirt-clients             # virsh
+  libvirt-dev pkg-config gcc python3-dev
 )
 if [[ "${1:-}" == --bench ]]; then
-  APT_PACKAGES+=(restic borgbackup)
+  APT_PACKAGES+=(restic borgbackup virtnbdbackup)
 fi
 
 missing=()
@@ -41,6 +48,25 @@ if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# QEMU's user under qemu:///system (libvirt-daemon-system would create it).
+if ! getent passwd libvirt-qemu >/dev/null; then
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+    --shell /usr/sbin/nologin libvirt-qemu
+fi
+
+# /dev/kvm for QEMU's user, as Debian's udev rule sets it (group kvm, mode 0660). A
+# container's /dev/kvm is often root's alone: libvirt domains then run under TCG and
+# libvirt probes QEMU anew on every call (tens of seconds each).
+if [[ -c /dev/kvm && $(id -u) -eq 0 ]]; then
+  getent group kvm >/dev/null || groupadd --system kvm
+  id -nG libvirt-qemu | grep -qw kvm || usermod -aG kvm libvirt-qemu
+  if [[ $(stat -c %G /dev/kvm) == root ]]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -3,6 +3,9 @@
 hyperexport --vm VM --output REPO [--incremental] [--force-full] [--audit] [--json]
 hyperexport --vm VM --incremental-info [--output REPO]
 hyperexport --vm VM --enable-cbt | --disable-cbt
+
+VM: /Datacenter/vm/name, qemu:/path/qmp.sock, qcow2:/path/disk.qcow2 or libvirt:DOMAIN
+(with --connect URI, else LIBVIRT_DEFAULT_URI, else qemu:///system)
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from hypersdk.engine.request import (
 from hypersdk.errors import ExportCancelled, UsageError
 from hypersdk.providers.base import Provider
 from hypersdk.providers.connection import VsphereSettings
-from hypersdk.providers.factory import QEMU_PREFIXES, open_provider
+from hypersdk.providers.factory import LIBVIRT_PREFIX, QEMU_PREFIXES, open_provider
 from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Repository
 from hypersdk.repository.storage import is_url
@@ -85,8 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vm",
         required=True,
-        help="a vSphere inventory path (/Datacenter/vm/name), qemu:/path/to/qmp.sock "
-        "or qcow2:/path/to/disk.qcow2",
+        help="a vSphere inventory path (/Datacenter/vm/name), qemu:/path/to/qmp.sock, "
+        "qcow2:/path/to/disk.qcow2 or libvirt:DOMAIN",
+    )
+    p.add_argument(
+        "--connect",
+        metavar="URI",
+        help="libvirt connection for a libvirt:DOMAIN (else LIBVIRT_DEFAULT_URI, else "
+        "qemu:///system)",
     )
     p.add_argument("--output", help="the repository folder (created on first export)")
     p.add_argument(
@@ -158,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 def vsphere_settings(args: argparse.Namespace) -> VsphereSettings | None:
     """Connection settings for a vSphere ``--vm`` (None for QEMU locators or no server).
     The password is never a flag: environment, or a prompt when stdin is a terminal."""
-    if args.vm.startswith(QEMU_PREFIXES):
+    if args.vm.startswith((*QEMU_PREFIXES, LIBVIRT_PREFIX)):
         return None
     settings = VsphereSettings.resolve(
         server=args.server, username=args.username, insecure=args.insecure, ca_file=args.ca_file
@@ -195,8 +204,15 @@ def to_options(args: argparse.Namespace) -> Options:
     action = actions[0] if actions else "export"
     if action == "export" and not args.output:
         raise UsageError("an export needs --output (the repository folder)")
+    vm = args.vm
+    if args.connect is not None:
+        if not vm.strip().startswith(LIBVIRT_PREFIX):
+            raise UsageError("--connect is for a libvirt domain (--vm libvirt:DOMAIN)")
+        from hypersdk.providers.libvirt import with_connect
+
+        vm = with_connect(vm, args.connect)  # recorded with the locator
     return Options(
-        vm=args.vm,
+        vm=vm,
         output=args.output,
         action=action,
         request=export_request(args) if action == "export" else None,

@@ -28,7 +28,9 @@ def _vm_path() -> Any:
         min_length=1,
         max_length=4096,
         pattern=NO_NUL,
-        description="a vSphere inventory path, qemu:/path/qmp.sock[?nbd=...] or qcow2:/path",
+        description="a vSphere inventory path, qemu:/path/qmp.sock[?nbd=...], qcow2:/path or "
+        "libvirt:DOMAIN[?connect=URI] (else the daemon's LIBVIRT_DEFAULT_URI, else "
+        "qemu:///system)",
     )
 
 

@@ -253,10 +253,23 @@ class AllowedPaths:
         if nbd is not None:
             self._inside(nbd, "NBD socket")
 
+    def libvirt_uri(self, locator: str) -> None:
+        """A libvirt URI may name any unix socket (``?socket=``): it must be allowed."""
+        from urllib.parse import parse_qs, urlsplit
+
+        from hypersdk.providers.libvirt import parse
+
+        uri = parse(locator).uri
+        for sock in parse_qs(urlsplit(uri).query).get("socket", []):
+            self._inside(sock, "libvirt socket")
+
     def vm_path(self, locator: str) -> None:
         """Check the files of a ``qemu:`` or ``qcow2:`` locator; vSphere paths pass."""
-        from hypersdk.providers.factory import QEMU_PREFIXES
+        from hypersdk.providers.factory import LIBVIRT_PREFIX, QEMU_PREFIXES
 
+        if locator.strip().startswith(LIBVIRT_PREFIX):
+            self.libvirt_uri(locator)
+            return
         if not locator.startswith(QEMU_PREFIXES):
             return
         # The provider's own parser, so that both read the locator the same way.

@@ -52,7 +52,7 @@ class VmIdentity:
 
     vm_id: str
     name: str
-    platform: str  # "vsphere", "qemu" or "raw"
+    platform: str  # "vsphere", "qemu", "libvirt" or "raw"
     locator: str  # what the user typed: an inventory path, qemu:/sock, qcow2:/file
 
 

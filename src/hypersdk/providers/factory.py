@@ -11,6 +11,7 @@ from hypersdk.providers.base import Provider
 from hypersdk.providers.connection import VsphereSettings
 
 QEMU_PREFIXES = ("qemu:", "qcow2:")
+LIBVIRT_PREFIX = "libvirt:"  # a libvirt domain (providers/libvirt)
 RAW_PREFIX = "raw:"  # the raw image source of tests and benches (providers/raw.py)
 
 
@@ -30,6 +31,10 @@ def canonical_locator(locator: str) -> str:
         raise UsageError("the VM locator is empty")
     if text.startswith(RAW_PREFIX):  # engine tests and benches: a name, not a path
         return text
+    if text.startswith(LIBVIRT_PREFIX):  # libvirt:DOMAIN?connect=URI, the URI resolved
+        from hypersdk.providers.libvirt import parse
+
+        return parse(text).canonical()
     if is_qemu_locator(text):
         scheme, _, rest = text.partition(":")
         path = rest.partition("?")[0]
@@ -44,10 +49,13 @@ def canonical_locator(locator: str) -> str:
     return "/" + path
 
 
-def open_provider(locator: str, vsphere: VsphereSettings | None = None) -> Provider:
+def open_provider(
+    locator: str, vsphere: VsphereSettings | None = None, *, connect: str | None = None
+) -> Provider:
     """``qemu:/path/qmp.sock`` (running QEMU or qemu-storage-daemon),
     ``qcow2:/path/disk.qcow2`` (an offline image), or a vSphere inventory path
-    (``/Datacenter/vm/folder/name``) on the server named by ``vsphere``.
+    (``/Datacenter/vm/folder/name``) on the server named by ``vsphere``, or a libvirt
+    domain ``libvirt:DOMAIN[?connect=URI]`` (``connect``: the ``--connect`` URI).
 
     A qcow2 image or QMP socket that does not exist is a NotFoundError (exit 2, 404),
     like an unknown vSphere VM; a socket nobody answers on is a ConnectionFailed."""
@@ -58,12 +66,16 @@ def open_provider(locator: str, vsphere: VsphereSettings | None = None) -> Provi
         from hypersdk.providers.qemu import open_qemu_provider
 
         return open_qemu_provider(locator)
+    if locator.startswith(LIBVIRT_PREFIX):
+        from hypersdk.providers.libvirt import open_libvirt_provider
+
+        return open_libvirt_provider(locator, connect)
     # Anything else is a vSphere inventory path.
     if vsphere is None:
         raise UsageError(
             f"cannot tell the platform of {locator!r}: for a vSphere inventory path pass "
             "--server (and --username) or set GOVC_URL/HYPERSDK_VSPHERE_URL; for QEMU use "
-            "qemu:/path/to/qmp.sock or qcow2:/path/to/disk.qcow2"
+            "qemu:/path/to/qmp.sock or qcow2:/path/to/disk.qcow2; for libvirt libvirt:DOMAIN"
         )
     from hypersdk.providers.vsphere import open_vsphere_provider
 

@@ -207,6 +207,8 @@ class QmpBackupSession(_SessionBase):
         self._nbd_socket = nbd_socket
         self.checkpoint = _checkpoints.new_name()
         self._nbd_hint: str | None = None
+        self._qemu_dir = ""  # where QEMU itself creates and opens files (_stale.qemu_folder)
+        self._qemu_uid = os.geteuid()
 
     def start(self) -> QmpBackupSession:
         self._begin(self._start)
@@ -223,6 +225,8 @@ class QmpBackupSession(_SessionBase):
             )
         self._nbd_hint = _stale.sweep(self._qmp, qemu).kept_nbd_socket
         self._make_tmpdir("qmp", qemu)
+        self._qemu_dir = _stale.qemu_folder(self.tmpdir, qemu)
+        self._qemu_uid = qemu.uid if qemu is not None else os.geteuid()
         for plan in plans:
             self._add_fleece(plan)
         self._run_transaction(plans)
@@ -260,8 +264,10 @@ class QmpBackupSession(_SessionBase):
         return plans
 
     def _add_fleece(self, plan: _Plan) -> None:
-        plan.fleece_file = os.path.join(self.tmpdir, f"fleece-{plan.disk.key}.qcow2")
+        plan.fleece_file = os.path.join(self._qemu_dir, f"fleece-{plan.disk.key}.qcow2")
         _tools.create_qcow2(plan.fleece_file, plan.disk.capacity)
+        if self._qemu_uid != os.geteuid():
+            os.chown(plan.fleece_file, self._qemu_uid, -1)  # QEMU opens it read-write
         self._qmp.execute(
             "blockdev-add",
             {
@@ -347,7 +353,7 @@ class QmpBackupSession(_SessionBase):
     def _nbd_server(self) -> str:
         if self._nbd_socket:
             return f"unix:{self._nbd_socket}"
-        path = os.path.join(self.tmpdir, "nbd.sock")
+        path = os.path.join(self._qemu_dir, "nbd.sock")
         try:
             self._qmp.execute(
                 "nbd-server-start", {"addr": {"type": "unix", "data": {"path": path}}}

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypersdk.errors import UsageError
 from hypersdk.providers.qemu._qmp import QmpCommandError, QmpConnection
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,28 @@ def make_folder(sid: str, kind: str, qemu: QemuId | None) -> str:
     with os.fdopen(fd, "w") as out:
         json.dump(doc, out)
     return folder
+
+
+QEMU_DIR = "qemu"  # the subfolder a QEMU of another user works in
+
+
+def qemu_folder(folder: str, qemu: QemuId | None) -> str:
+    """Where QEMU creates its NBD socket and opens the fleecing files: the session folder
+    itself when QEMU runs as us; else its subfolder ``qemu/``, owned by QEMU's user (from
+    SO_PEERCRED) and mode 0700, while the session folder becomes 0711 (QEMU passes
+    through, nobody lists it; the marker stays ours, 0600)."""
+    if qemu is None or qemu.uid == os.geteuid():
+        return folder
+    if os.geteuid() != 0:
+        raise UsageError(
+            f"QEMU runs as uid {qemu.uid} and cannot use a folder of uid {os.geteuid()}: "
+            "run the export as root or as QEMU's user"
+        )
+    inner = os.path.join(folder, QEMU_DIR)
+    os.mkdir(inner, 0o700)
+    os.chown(inner, qemu.uid, -1)
+    os.chmod(folder, 0o711)
+    return inner
 
 
 def _int(value: object) -> int:
@@ -421,6 +444,8 @@ def _nbd_server(qmp: QmpConnection, qemu: QemuId | None, found: Leftovers, done:
     live: set[str] = set()
     for sid, folder in found.ours.items():
         sock = folder / "nbd.sock"
+        if _listener_pid(sock) is None:
+            sock = folder / QEMU_DIR / "nbd.sock"  # a QEMU of another user made it there
         pid = _listener_pid(sock)
         if pid is None:
             continue
