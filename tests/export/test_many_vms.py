@@ -291,3 +291,32 @@ def test_ctrl_c_cancels_every_export_and_commits_nothing_half_way(cli: Cli, tmp_
         assert sorted(g["generation"] for g in gens) == sorted(d["generation"] for d in done)
         for d in (a, b):
             assert d.export_ids() == {"guest"} and not d.job_ids()
+
+
+def test_encrypted_repository_is_unlocked_once_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HYPERSDK_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("HYPERSDK_INSECURE_KDF", "1")
+    monkeypatch.setenv("HYPERSDK_PASSWORD", "right")
+    images = []
+    for name in ("e1", "e2"):
+        image = tmp_path / f"{name}.qcow2"
+        create_qcow2(image, MiB)
+        qemu_io(image, "write -P 0x22 0 128k")
+        images.append(f"qcow2:{image}")
+    repo = str(tmp_path / "repo")
+    assert hyperexport.main(["--vm", images[0], "--output", repo, "--quiet"]) == 0  # encrypted
+    vms = str(vms_file(tmp_path, images))
+
+    monkeypatch.setenv("HYPERSDK_PASSWORD", "wrong")
+    capsys.readouterr()
+    assert hyperexport.main(["--vms", vms, "--output", repo, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["code"] == "password_error"  # one error
+
+    monkeypatch.setenv("HYPERSDK_PASSWORD", "right")
+    assert hyperexport.main(["--vms", vms, "--output", repo, "--json"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert [d["locator"] for d in docs] == images
+    assert hyperctl.main(["generations", "--output", repo, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3  # the wrong password made none

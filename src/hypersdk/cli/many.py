@@ -200,22 +200,24 @@ def _short(locator: str) -> str:
 
 
 def _password_once(output: str, password: Password) -> Password:
-    """Ask for an existing encrypted repository's password once, up front: several
-    exports starting together must not each prompt on the terminal."""
-    if password.given() is not None or not password.prompt or not sys.stdin.isatty():
-        return password
+    """Unlock an existing repository once, up front: a missing or wrong password (or a
+    broken repository) is one error before anything runs, not one per VM, and several
+    exports starting together never each prompt on the terminal."""
+    quiet = replace(password, prompt=False)
     try:
-        Repository.open(output, password=replace(password, prompt=False))
+        Repository.open(output, password=quiet)
     except NotFoundError:
-        return password  # a new repository: it is encrypted only with a password given
+        return password  # a new repository: encrypted only with a password given
     except PasswordError:
+        if password.given() is not None or not password.prompt or not sys.stdin.isatty():
+            raise
         value = password.get(f"the repository {output}")
         if value is None:
             raise
-        checked = replace(password, value=value, prompt=False)
-        Repository.open(output, password=checked)  # a wrong password: one error, now
+        checked = replace(quiet, value=value)
+        Repository.open(output, password=checked)  # a wrong one: one error, now
         return checked
-    return password
+    return quiet
 
 
 def _export_one(
@@ -274,6 +276,9 @@ def run_many(opts: ManyOptions) -> int:
                 # them, so that none is left half-committed; a second one waits too.
                 interrupted = True
                 cancel.set()
+    except BaseException:
+        cancel.set()  # whatever stops this thread stops the exports, cleanly
+        raise
     finally:
         pool.shutdown(wait=True)
         display.close()
@@ -307,7 +312,12 @@ def _report(opts: ManyOptions, outcomes: list[Outcome], interrupted: bool) -> No
 def _table(outcomes: list[Outcome]) -> Table:
     table = Table(title="hyperexport --vms")
     for name in ("VM", "mode", "reason", "read", "stored", "time", "result"):
-        table.add_column(name, justify="right" if name in ("read", "stored", "time") else "left")
+        # A locator or a generation cut short ("qcow2:/vms/we…") would name nothing.
+        table.add_column(
+            name,
+            justify="right" if name in ("read", "stored", "time") else "left",
+            overflow="fold",
+        )
     for o in outcomes:
         r = o.report
         seconds = f"{(o.finished - o.started).total_seconds():.1f} s"
