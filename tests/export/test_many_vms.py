@@ -3,6 +3,7 @@ command, a few at a time, each failing alone."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import signal
@@ -323,3 +324,31 @@ def test_encrypted_repository_is_unlocked_once_before_anything_runs(
     assert [d["locator"] for d in docs] == images
     assert hyperctl.main(["generations", "--output", repo, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3  # the wrong password made none
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_one_progress_display_for_all_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HYPERSDK_STATE_DIR", str(tmp_path / "state"))
+    images = []
+    for name in ("p1", "p2", "p3"):
+        image = tmp_path / f"{name}.qcow2"
+        create_qcow2(image, 2 * MiB)
+        qemu_io(image, "write -P 0x33 0 1M")
+        images.append(f"qcow2:{image}")
+    screen = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    vms = str(vms_file(tmp_path, images))
+    code = hyperexport.main(
+        ["--vms", vms, "--output", str(tmp_path / "repo"), "--block-size", "64K"]
+    )
+    assert code == 0
+    shown = screen.getvalue()
+    assert "total: 3 of 3 VMs done" in shown and "3.0/3.0 MiB" in shown
+    assert "p1.qcow2 (full)" in shown or "p2.qcow2 (full)" in shown  # a row per export
+    assert capsys.readouterr().out.count("generation") == 3

@@ -194,9 +194,15 @@ class ManyProgress:
             self._bar = None
 
 
+LABEL_WIDTH = 32
+
+
 def _short(locator: str) -> str:
-    """The last part of a locator: a row label that fits beside its bar."""
-    return locator.rstrip("/").rsplit("/", 1)[-1] or locator
+    """A row label that fits beside its bar: the end of the locator, which tells VMs
+    apart even when all their sockets are called qmp.sock (/run/vm1/qmp.sock, ...)."""
+    if len(locator) <= LABEL_WIDTH:
+        return locator
+    return "…" + locator[-(LABEL_WIDTH - 1) :]
 
 
 def _password_once(output: str, password: Password) -> Password:
