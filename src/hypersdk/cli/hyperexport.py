@@ -1,6 +1,7 @@
 """hyperexport: export a VM's disks into a repository, full or incremental.
 
 hyperexport --vm VM --output REPO [--incremental] [--force-full] [--audit] [--json]
+hyperexport --vms FILE --output REPO [--concurrency N] [--incremental] [--json]
 hyperexport --vm VM --incremental-info [--output REPO]
 hyperexport --vm VM --enable-cbt | --disable-cbt
 
@@ -23,6 +24,14 @@ from types import FrameType
 
 from hypersdk import __version__
 from hypersdk.cli.info import print_analysis
+from hypersdk.cli.many import (
+    DEFAULT_CONCURRENCY,
+    MAX_CONCURRENCY,
+    MIN_CONCURRENCY,
+    ManyOptions,
+    read_vm_list,
+    run_many,
+)
 from hypersdk.cli.numbers import float_in, int_in, size_in
 from hypersdk.cli.output import ByteProgress, OneLineParser, fail, human_bytes, print_json
 from hypersdk.cli.password import add_password_flag, password_from
@@ -43,7 +52,7 @@ from hypersdk.engine.request import (
 from hypersdk.errors import ExportCancelled, UsageError
 from hypersdk.providers.base import Provider
 from hypersdk.providers.connection import VsphereSettings
-from hypersdk.providers.factory import LIBVIRT_PREFIX, QEMU_PREFIXES, open_provider
+from hypersdk.providers.factory import LIBVIRT_PREFIX, is_qemu_locator, open_provider
 from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Repository
 from hypersdk.repository.storage import is_url
@@ -85,17 +94,30 @@ class Options:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--vm",
-        required=True,
         help="a vSphere inventory path (/Datacenter/vm/name), qemu:/path/to/qmp.sock, "
         "qcow2:/path/to/disk.qcow2 or libvirt:DOMAIN",
+    )
+    which.add_argument(
+        "--vms",
+        metavar="FILE",
+        help="export many VMs: FILE has one locator a line (as --vm; blank lines and # "
+        "comments skipped; - for stdin)",
     )
     p.add_argument(
         "--connect",
         metavar="URI",
-        help="libvirt connection for a libvirt:DOMAIN (else LIBVIRT_DEFAULT_URI, else "
-        "qemu:///system)",
+        help="libvirt connection for libvirt:DOMAIN locators (else LIBVIRT_DEFAULT_URI, "
+        "else qemu:///system)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int_in(MIN_CONCURRENCY, MAX_CONCURRENCY),
+        metavar="N",
+        help=f"with --vms: exports at once, {MIN_CONCURRENCY} to {MAX_CONCURRENCY} "
+        f"(default {DEFAULT_CONCURRENCY})",
     )
     p.add_argument("--output", help="the repository folder (created on first export)")
     p.add_argument(
@@ -164,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def vsphere_settings(args: argparse.Namespace) -> VsphereSettings | None:
-    """Connection settings for a vSphere ``--vm`` (None for QEMU locators or no server).
-    The password is never a flag: environment, or a prompt when stdin is a terminal."""
-    if args.vm.startswith((*QEMU_PREFIXES, LIBVIRT_PREFIX)):
+def vsphere_settings(args: argparse.Namespace, locators: Sequence[str]) -> VsphereSettings | None:
+    """Connection settings for vSphere VMs (None when all are QEMU or libvirt locators,
+    or no server). The password is never a flag: environment, or a prompt on a terminal."""
+    if all(is_qemu_locator(x) or x.startswith(LIBVIRT_PREFIX) for x in locators):
         return None
     settings = VsphereSettings.resolve(
         server=args.server, username=args.username, insecure=args.insecure, ca_file=args.ca_file
@@ -189,7 +211,7 @@ def vsphere_settings(args: argparse.Namespace) -> VsphereSettings | None:
     )
 
 
-def to_options(args: argparse.Namespace) -> Options:
+def to_options(args: argparse.Namespace) -> Options | ManyOptions:
     actions = [
         a
         for a, on in (
@@ -202,6 +224,10 @@ def to_options(args: argparse.Namespace) -> Options:
     if len(actions) > 1:
         raise UsageError("--incremental-info, --enable-cbt and --disable-cbt exclude each other")
     action = actions[0] if actions else "export"
+    if args.vms is not None:
+        return many_options(args, actions)
+    if args.concurrency is not None:
+        raise UsageError("--concurrency goes with --vms (one VM is one export)")
     if action == "export" and not args.output:
         raise UsageError("an export needs --output (the repository folder)")
     vm = args.vm
@@ -219,7 +245,36 @@ def to_options(args: argparse.Namespace) -> Options:
         max_age=timedelta(days=args.max_incremental_age),
         json=args.json,
         quiet=args.quiet,
-        vsphere=vsphere_settings(args),
+        vsphere=vsphere_settings(args, [args.vm]),
+        password=password_from(args),
+    )
+
+
+def many_options(args: argparse.Namespace, actions: list[str]) -> ManyOptions:
+    """``--vms``: exports only. The CBT and info actions stay one VM at a time, where
+    their output (and a failure) is about one VM."""
+    if actions:
+        raise UsageError(
+            f"--{actions[0].replace('info', 'incremental-info')} works on one --vm, not --vms"
+        )
+    if not args.output:
+        raise UsageError("an export needs --output (the repository folder)")
+    request = export_request(args)
+    locators = read_vm_list(args.vms)
+    if args.connect is not None:
+        from hypersdk.providers.libvirt import with_connect
+
+        locators = tuple(
+            with_connect(x, args.connect) if x.strip().startswith(LIBVIRT_PREFIX) else x
+            for x in locators
+        )
+    return ManyOptions(
+        locators=locators,
+        request=request,
+        concurrency=args.concurrency or DEFAULT_CONCURRENCY,
+        json=args.json,
+        quiet=args.quiet,
+        vsphere=vsphere_settings(args, locators),
         password=password_from(args),
     )
 
@@ -268,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Providers report what the user should know (a leftover snapshot removed) as warnings.
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: warning: %(message)s")
     try:
-        return run(to_options(args))
+        opts = to_options(args)
+        return run_many(opts) if isinstance(opts, ManyOptions) else run(opts)
     except (Exception, KeyboardInterrupt) as err:
         return fail(PROG, err, as_json=args.json)
 

@@ -25,7 +25,15 @@ from rich.text import Text
 from hypersdk.cmdline import OneLineParser
 from hypersdk.errors import HyperSDKError
 
-__all__ = ["ByteProgress", "OneLineParser", "fail", "human_bytes", "print_json"]
+__all__ = [
+    "ByteProgress",
+    "OneLineParser",
+    "byte_columns",
+    "error_fields",
+    "fail",
+    "human_bytes",
+    "print_json",
+]
 
 
 def human_bytes(n: float) -> str:
@@ -41,17 +49,22 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+def error_fields(err: BaseException) -> tuple[str, int, str]:
+    """(message, exit code, error code) for an error a user may meet; anything else is a
+    bug and is raised again."""
+    if isinstance(err, HyperSDKError):
+        return str(err), err.exit_code, err.code
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted; nothing was committed", 130, "cancelled"
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror or err}{where}", 1, "os_error"
+    raise err
+
+
 def fail(prog: str, err: BaseException, *, as_json: bool) -> int:
     """Report an error in one line (or one JSON object) and return the exit code."""
-    if isinstance(err, HyperSDKError):
-        message, code, kind = str(err), err.exit_code, err.code
-    elif isinstance(err, KeyboardInterrupt):
-        message, code, kind = "interrupted; nothing was committed", 130, "cancelled"
-    elif isinstance(err, OSError):
-        where = f" ({err.filename})" if err.filename else ""
-        message, code, kind = f"{err.strerror or err}{where}", 1, "os_error"
-    else:
-        raise err
+    message, code, kind = error_fields(err)
     if as_json:
         print_json({"error": message, "code": kind})
     else:
@@ -69,6 +82,17 @@ class _MibPerSecond(ProgressColumn):
         )
 
 
+def byte_columns() -> tuple[ProgressColumn, ...]:
+    """The columns of a bytes progress row: label, bar, done/total, speed, ETA."""
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        _MibPerSecond(),
+        TimeRemainingColumn(),
+    )
+
+
 class ByteProgress:
     """A bytes progress bar (speed, ETA) on stderr when it is a terminal; else silent.
     Started late, once the total is known (an export learns it from the session)."""
@@ -81,14 +105,7 @@ class ByteProgress:
     def start(self, description: str, total: int) -> None:
         if not self.enabled or total <= 0 or self._bar is not None:
             return
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            _MibPerSecond(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
+        self._bar = Progress(*byte_columns(), console=Console(stderr=True))
         self._bar.start()
         self._task = self._bar.add_task(description, total=total)
 
