@@ -16,6 +16,7 @@ APT_PACKAGES=(
   python3-venv
   nodejs npm            # the TypeScript SDK
   zstd
+  redis-server          # fleets: the broker of hypervisord --broker and hyperworker (tests start their own)
 )
 if [[ "${1:-}" == --bench ]]; then
   APT_PACKAGES+=(restic borgbackup)
