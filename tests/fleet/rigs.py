@@ -73,8 +73,11 @@ class RedisServer:
 class Worker:
     """One ``hyperworker`` subprocess."""
 
-    def __init__(self, workdir: Path, broker: str, name: str, *args: str) -> None:
+    def __init__(
+        self, workdir: Path, broker: str, name: str, *args: str, tmpdir: Path | None = None
+    ) -> None:
         self.workdir = Path(workdir)
+        self.tmpdir = tmpdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = self.workdir / f"{name}.log"
@@ -91,6 +94,8 @@ class Worker:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERSDK_")}
+        if self.tmpdir is not None:  # where its QEMU sessions' folders go
+            env["TMPDIR"] = str(self.tmpdir)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log

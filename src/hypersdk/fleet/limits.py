@@ -19,6 +19,7 @@ Placement keys (what a limit counts):
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -121,10 +122,33 @@ def placement(provider: Provider) -> Placement:
             str(host.name) if host is not None else None,
             str(stores[0].name) if stores else None,
         )
-    disks: list[Any] = list(getattr(provider, "disks", list)())
-    files = [d.file for d in disks if getattr(d, "file", None)]
+    many, one = getattr(provider, "disks", None), getattr(provider, "disk", None)
+    if many is not None:  # a running QEMU or qemu-storage-daemon
+        disks: list[Any] = list(many())
+    elif one is not None:  # an offline qcow2 image
+        disks = [one()]
+    else:
+        disks = []
+    files = [f for f in (image_file(str(getattr(d, "file", ""))) for d in disks) if f]
     machine = socket.gethostname()
     return Placement(machine, filesystem_of(files[0]) if files else None)
+
+
+def image_file(name: str) -> str | None:
+    """The file under a QEMU node's filename: ``json:{...}`` (a filter node, such as a
+    throttle, between the format and its file) names it as its innermost ``filename``."""
+    if not name.startswith("json:"):
+        return name or None
+    try:
+        doc: Any = json.loads(name[5:])
+    except ValueError:
+        return None
+    found = None
+    while isinstance(doc, dict):
+        if isinstance(doc.get("filename"), str):
+            found = doc["filename"]
+        doc = doc.get("file")
+    return found
 
 
 def filesystem_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
