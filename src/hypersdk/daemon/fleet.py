@@ -124,8 +124,9 @@ def celery_app(settings: FleetSettings) -> Any:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
-            # how often a worker looks for tasks whose holder stopped answering
-            "unacked_restore_interval": max(1.0, min(10.0, settings.visibility_timeout / 2)),
+            # how often a worker looks for tasks unacknowledged for longer than that
+            "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout / 2))),
+            "unacked_restore_throttle": 1,
         },
     )
     return app
