@@ -71,7 +71,8 @@ class RedisServer:
 
 
 class Worker:
-    """One ``hyperworker`` subprocess."""
+    """One ``hyperworker`` subprocess. The workers of one ``workdir`` share its state
+    folder (the export history incrementals start from), as a fleet's workers do."""
 
     def __init__(
         self, workdir: Path, broker: str, name: str, *args: str, tmpdir: Path | None = None
@@ -83,7 +84,7 @@ class Worker:
         self.log_path = self.workdir / f"{name}.log"
         self.argv = [
             sys.executable, "-m", "hypersdk.fleet.worker", "--broker", broker,
-            "--state-dir", str(self.workdir / f"{name}-state"), "--name", f"{name}@%h", *args,
+            "--state-dir", str(self.workdir / "state"), "--name", f"{name}@%h", *args,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
