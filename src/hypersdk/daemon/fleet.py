@@ -4,8 +4,9 @@ daemon follows them into its job store, which stays the source of truth of the A
 
 The protocol between the two sides lives here, in one place:
 
-- the task ``hypersdk.run_job(job_id, spec, limits)`` on the queue ``hypersdk``, whose
-  Celery task id is the job id (so ``revoke(job_id)`` names it);
+- the task ``hypersdk.run_job(job_id, spec, rules)`` on the queue ``hypersdk``, whose
+  Celery task id is the job id (so ``revoke(job_id)`` names it); ``rules`` are the
+  daemon's fleet limits and lease time, the same for every worker;
 - ``hypersdk:fleet:job:<id>``: a hash of the job's fields (JSON values) that the worker
   holding the job's lease writes and the daemon copies into its store;
 - ``hypersdk:fleet:lease:<id>``: the token of the worker running the job, with an expiry
@@ -210,8 +211,12 @@ class FleetRunner(Runner):
             self.redis.expire(status_key(job_id), STATUS_TTL)
 
     def _send(self, job_id: str, doc: dict[str, Any]) -> None:
-        limits = dataclasses.asdict(self.settings.limits)
-        self.celery.send_task(TASK, args=[job_id, doc, limits], task_id=job_id, queue=QUEUE)
+        # The fleet's rules travel with each job, so every worker applies the daemon's.
+        rules = {
+            **dataclasses.asdict(self.settings.limits),
+            "lease_seconds": self.settings.lease_seconds,
+        }
+        self.celery.send_task(TASK, args=[job_id, doc, rules], task_id=job_id, queue=QUEUE)
 
     def cancel(self, job_id: str) -> Job:
         with self._lock:

@@ -29,6 +29,7 @@ from typing import Any
 
 from hypersdk.daemon.config import DaemonConfig
 from hypersdk.daemon.fleet import (
+    DEFAULT_LEASE_SECONDS,
     FleetLimits,
     cancel_key,
     read_status,
@@ -106,10 +107,12 @@ def run_job(
     client: Any,
     job_id: str,
     spec_doc: Mapping[str, Any],
-    limits_doc: Mapping[str, Any],
-    lease_seconds: float,
+    rules: Mapping[str, Any],
 ) -> str:
-    """Run one delivery of a job; returns what happened (for the worker's log)."""
+    """Run one delivery of a job; returns what happened (for the worker's log).
+    ``rules``: the daemon's fleet limits and lease time (daemon/fleet.py)."""
+    limits = FleetLimits(int(rules.get("datastore", 0)), int(rules.get("host", 0)))
+    lease_seconds = float(rules.get("lease_seconds", DEFAULT_LEASE_SECONDS))
     if read_status(client, job_id).get("state") in FINAL:
         return "already finished"
     token = f"{worker_name()}:{uuid.uuid4().hex[:8]}"
@@ -131,7 +134,7 @@ def run_job(
             fields.update(state=JobState.RUNNING, started=now_iso())
         lease.update(job_id, **fields, error=None, result=None)
         keeper.start()
-        work = _FleetWork(config, FleetLimits(**limits_doc), slots, lease)
+        work = _FleetWork(config, limits, slots, lease)
         ctx = JobContext(lease, job_id, keeper.cancel)
         try:
             result = work.run(ctx, spec)

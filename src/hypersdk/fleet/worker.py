@@ -1,8 +1,8 @@
 """hyperworker: run hypervisord's jobs in a fleet (docs/fleet.md).
 
     hyperworker --broker redis://HOST:PORT/DB [--concurrency N] [--config FILE]
-                [--state-dir DIR] [--name NAME] [--lease-seconds S]
-                [--visibility-timeout S] [--log-level LEVEL]
+                [--state-dir DIR] [--name NAME] [--visibility-timeout S]
+                [--log-level LEVEL]
 
 Takes export, restore and verify jobs from the Celery queue that ``hypervisord --broker``
 fills, runs them exactly as the daemon would (the same code), and reports their progress
@@ -10,7 +10,8 @@ and results through Redis, where the daemon follows them. Run any number of work
 any machines that reach the hypervisors and the repositories (a shared folder or S3).
 ``--config`` is the daemon's TOML file (its [vsphere] table, password_file, state_dir).
 At most ``--concurrency`` jobs run at once here; the fleet's per-datastore and per-host
-limits come with each job from the daemon.
+limits and the lease time come with each job from the daemon. Give every worker the same
+``--state-dir`` on the shared folder: it holds the export history incrementals start from.
 """
 
 from __future__ import annotations
@@ -37,11 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="state folder (default ~/.hypersdk)")
     p.add_argument("--name", help="this worker's name (default: host:pid)")
     p.add_argument(
-        "--lease-seconds",
-        type=float,
-        help="a job of a dead worker is free again after this (default 30)",
-    )
-    p.add_argument(
         "--visibility-timeout",
         type=float,
         help="Redis re-delivers an unacknowledged task after this (default 600)",
@@ -60,8 +56,8 @@ def make_app(settings: Any, config: Any) -> Any:
     log = logging.getLogger("hyperworker")
 
     @app.task(name=TASK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
-    def hypersdk_run_job(job_id: str, spec: Mapping[str, Any], limits: Mapping[str, Any]) -> None:
-        outcome = run_job(config, client, job_id, spec, limits, settings.lease_seconds)
+    def hypersdk_run_job(job_id: str, spec: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
+        outcome = run_job(config, client, job_id, spec, rules)
         log.info("job %s: %s", job_id, outcome)
 
     return app
@@ -82,8 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert settings is not None
         import dataclasses
 
-        if args.lease_seconds is not None:
-            settings = dataclasses.replace(settings, lease_seconds=args.lease_seconds)
         if args.visibility_timeout is not None:
             settings = dataclasses.replace(settings, visibility_timeout=args.visibility_timeout)
     except HyperSDKError as err:
