@@ -80,7 +80,10 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
             sessions.close()
             scheduler.stop()  # no new runs or exports
             runner.shutdown()
-            scheduler.join()  # the runs record how their jobs ended
+            # The runs record how their jobs ended. In a fleet the jobs go on in the
+            # workers and no one follows them now: a run going is left as after a crash
+            # (failed "daemon restarted" at the next start; its jobs are adopted).
+            scheduler.join(timeout=30.0 if config.broker is None else 1.0)
             policy_store.close()
             store.close()
 
