@@ -116,3 +116,24 @@ def test_cancel_a_running_export_on_a_worker(
     assert all(not repo.generations(vm) for vm in repo.vm_ids())
     assert slow.export_ids() == {"guest"} and slow.job_ids() == set()
     assert not list(sessions.glob("hypersdk-qemu-*"))
+
+
+def test_a_restarted_daemon_adopts_the_jobs_running_on_workers(
+    redis_server: RedisServer, tmp_path: Path, sessions: Path, slow: SlowQsd
+) -> None:
+    hvd, workers = fleet(tmp_path, redis_server, sessions)
+    worker = workers[0]
+    try:
+        worker.start()
+        worker.wait_ready()
+        with hvd:
+            http = hvd.client()
+            job_id = http.post("/exports", json={"vm_path": slow.locator}).json()["id"]
+            wait_running(http, job_id, min_bytes=1)
+        # the daemon is gone; the export goes on in the worker
+        with hvd:
+            job = wait_job(hvd.client(), job_id, timeout=30)
+        assert job["state"] == "succeeded" and job["error"] is None, job
+        assert job["result"]["mode"] == "full"
+    finally:
+        worker.stop()
