@@ -99,7 +99,7 @@ def test_hyperworker_and_hypervisord_refuse_bad_brokers_in_one_line(tmp_path: Pa
     )
     assert worker.returncode == 2
     assert worker.stderr.strip().splitlines() == [
-        "hyperworker: error: broker must be a redis://HOST:PORT/DB (or unix://) URL, "
+        "hyperworker: error: broker must be a redis://HOST:PORT/DB (or rediss://) URL, "
         "not 'http://x/'"
     ]
     daemon = subprocess.run(

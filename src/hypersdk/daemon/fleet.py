@@ -101,8 +101,8 @@ class FleetSettings:
 def check_broker(url: str) -> str:
     """Only Redis brokers: the leases, the status and the limits live in Redis too."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        raise UsageError(f"broker must be a redis://HOST:PORT/DB (or unix://) URL, not {url!r}")
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise UsageError(f"broker must be a redis://HOST:PORT/DB (or rediss://) URL, not {url!r}")
     return url
 
 
