@@ -132,6 +132,8 @@ def test_eight_vms_a_killed_worker_and_the_datastore_limit(
     # the killed export was taken again and finished by the other worker
     assert worker_pid(redis_server, jobs[0]) == survivor.pid
     assert f"job {jobs[0]}: succeeded" in survivor.log()
+    # ... after removing what the dead run had made in the QEMU (export, job, fleecing)
+    assert "removed leftovers of a failed backup: export hypersdk-" in survivor.log()
 
     # exactly one generation per VM: none lost, none committed twice
     assert sorted(generations(repo).values()) == [1] * 8
