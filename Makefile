@@ -41,6 +41,7 @@ bench:
 	$(VENV)/python bench/bench_s3.py
 	$(VENV)/python bench/bench_crypto.py
 	$(VENV)/python bench/bench_gc.py
+	$(VENV)/python bench/bench_fleet.py
 	$(VENV)/python bench/bench_peers.py
 	$(VENV)/python bench/bench_libvirt.py
 

@@ -23,6 +23,7 @@ APT_PACKAGES=(
   libvirt-daemon-driver-qemu  # the QEMU driver
   libvirt-clients             # virsh
   libvirt-dev pkg-config gcc python3-dev
+  redis-server          # fleets: the broker of hypervisord --broker and hyperworker (tests start their own)
 )
 if [[ "${1:-}" == --bench ]]; then
   APT_PACKAGES+=(restic borgbackup virtnbdbackup)

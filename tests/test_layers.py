@@ -37,6 +37,9 @@ ALLOWED: dict[str, set[str]] = {
         "client",
     },
     "daemon": {"errors", "cmdline", "engine", "providers", "repository", "state", "access"},
+    # a fleet worker runs the daemon's jobs (daemon.runner.JobWork) with its protocol
+    # (daemon.fleet); the daemon never imports it
+    "fleet": {"errors", "cmdline", "daemon", "engine", "providers", "repository", "state"},
     "client": set(),  # the SDK stays light: nothing of the product below it
 }
 

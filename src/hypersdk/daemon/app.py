@@ -37,6 +37,21 @@ def allowed_paths(config: DaemonConfig) -> AllowedPaths:
     return AllowedPaths.of(folders, allow_devices=config.allow_devices)
 
 
+def _runner(config: DaemonConfig, store: JobStore) -> Runner:
+    """Jobs run in this process, or with a broker on the fleet's workers (whose jobs
+    outlive a restart of the daemon: adopted, not failed)."""
+    if config.broker is None:
+        store.recover()
+        return Runner(config, store)
+    from hypersdk.daemon.fleet import FleetRunner, fleet_settings
+
+    settings = fleet_settings(config)
+    assert settings is not None
+    runner = FleetRunner(config, store, settings)
+    runner.adopt()
+    return runner
+
+
 def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     """Open the job store (failing jobs an earlier daemon left running) and build the
     app. The workers stop, cancelling their jobs, when the app's lifespan ends.
@@ -45,8 +60,7 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     prepare_state_dir(config.state_dir)
     token = token or config.api_token or load_or_create_token(config.state_dir)
     store = JobStore(config.state_dir)
-    store.recover()
-    runner = Runner(config, store)
+    runner = _runner(config, store)
     state = Daemon(config, store, runner, allowed_paths(config))
     sessions = ServeSessions(config.state_dir, password=config.repository_password)
     policy_store = PolicyStore(config.state_dir)
@@ -66,7 +80,10 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
             sessions.close()
             scheduler.stop()  # no new runs or exports
             runner.shutdown()
-            scheduler.join()  # the runs record how their jobs ended
+            # The runs record how their jobs ended. In a fleet the jobs go on in the
+            # workers and no one follows them now: a run going is left as after a crash
+            # (failed "daemon restarted" at the next start; its jobs are adopted).
+            scheduler.join(timeout=30.0 if config.broker is None else 1.0)
             policy_store.close()
             store.close()
 

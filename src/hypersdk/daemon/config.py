@@ -17,6 +17,14 @@ TOML layout (every key optional)::
     password_file = "/etc/hypersdk/repo-password"   # encrypted repositories' password
                                       # (first line; else HYPERSDK_PASSWORD); mode 0600
     policies_file = "/etc/hypersdk/policies.yaml"   # backup policies (YAML or .toml)
+    broker = "redis://10.0.0.5:6379/0"   # distributed mode: jobs run on hyperworker
+                                      # processes (docs/fleet.md); default: in this process
+
+    [fleet]                           # distributed mode only
+    datastore_limit = 2               # exports at once per datastore, fleet-wide (0: none)
+    host_limit = 4                    # ... per ESXi host (QEMU: per machine)
+    lease_seconds = 30                # a dead worker's job is sent again after this
+    visibility_timeout = 600          # Redis re-delivers an unacknowledged task after this
 
     [[policies]]                      # policies may also be written here (daemon/policies.py)
     name = "nightly"
@@ -89,6 +97,12 @@ class DaemonConfig:
 
     policies_file: str | None = None  # YAML, or TOML when it ends in .toml
     policies: tuple[Any, ...] = ()  # the config file's [[policies]] tables, checked at start
+    # Distributed mode (daemon/fleet.py): None runs jobs in this process.
+    broker: str | None = None
+    fleet_datastore_limit: int = 2
+    fleet_host_limit: int = 4
+    fleet_lease_seconds: float = 30.0
+    fleet_visibility_timeout: float = 600.0
 
     def check(self) -> DaemonConfig:
         """Refuse settings that cannot work or are unsafe; returns self."""
@@ -116,6 +130,10 @@ class DaemonConfig:
                 raise UsageError(f"allowed path {folder} is not an existing folder")
         if self.password_file is not None:
             _check_secret_file(self.password_file, "password_file")
+        if self.broker is not None:
+            from hypersdk.daemon.fleet import fleet_settings
+
+            fleet_settings(self)  # refuses a bad URL or limit now, in one line
         return self
 
     @property
@@ -172,6 +190,12 @@ def _int(value: object, name: str) -> int:
         raise UsageError(f"{name} must be a whole number, not {value!r}") from None
 
 
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{name} must be a number")
+    return float(value)
+
+
 def _str(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"{name} must be a string")
@@ -217,6 +241,7 @@ def load_config(
     tls_key: str | None = None,
     policies_file: str | None = None,
     config_file: str | None = None,
+    broker: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> DaemonConfig:
     """Merge flags (the keyword arguments), the environment and the TOML file."""
@@ -248,6 +273,13 @@ def load_config(
     key_v = pick(tls_key, "HYPERSDK_TLS_KEY", "tls_key")
     password_file_v = pick(None, "HYPERSDK_PASSWORD_FILE", "password_file")
     policies_v = pick(policies_file, "HYPERSDK_POLICIES_FILE", "policies_file")
+    broker_v = pick(broker, "HYPERSDK_BROKER", "broker")
+    fleet = toml.get("fleet", {})
+    if not isinstance(fleet, dict):
+        raise UsageError("[fleet] in the config file must be a table")
+    unknown = set(fleet) - {"datastore_limit", "host_limit", "lease_seconds", "visibility_timeout"}
+    if unknown:
+        raise UsageError(f"unknown key in [fleet]: {', '.join(sorted(unknown))}")
     policy_docs = toml.get("policies", [])
     if not isinstance(policy_docs, list):
         raise UsageError("policies in the config file must be [[policies]] tables")
@@ -299,4 +331,11 @@ def load_config(
         if policies_v is not None
         else None,
         policies=tuple(policy_docs),
+        broker=_str(broker_v, "broker") if broker_v is not None else None,
+        fleet_datastore_limit=_int(fleet.get("datastore_limit", 2), "fleet.datastore_limit"),
+        fleet_host_limit=_int(fleet.get("host_limit", 4), "fleet.host_limit"),
+        fleet_lease_seconds=_number(fleet.get("lease_seconds", 30.0), "fleet.lease_seconds"),
+        fleet_visibility_timeout=_number(
+            fleet.get("visibility_timeout", 600.0), "fleet.visibility_timeout"
+        ),
     ).check()

@@ -3,12 +3,16 @@
     hypervisord [--listen ADDR] [--port N] [--config FILE] [--output REPO]
                 [--allow-path DIR ...] [--allow-devices] [--tls-cert PEM --tls-key PEM]
                 [--state-dir DIR] [--max-concurrent-exports N] [--policies FILE]
+                [--broker redis://HOST:PORT/DB]
 
 Every route but /health needs the API token. It comes from HYPERSDK_API_TOKEN or the
 config file (never a flag: flags show in ps); without one the daemon makes one in
 <state dir>/api-token (mode 0600), which the SDKs on this host read. Requests may name
 only paths inside --allow-path folders and the --output repository. A non-loopback
 address needs --tls-cert and --tls-key. Contract: docs/api.md.
+
+With --broker, jobs run on hyperworker processes through a Celery queue on Redis, and
+the daemon follows them (docs/fleet.md); without it they run in this process.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policies", metavar="FILE", help="backup policies file (YAML, or TOML if *.toml)"
     )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="distributed mode: the Redis broker (redis://HOST:PORT/DB) of hyperworker",
+    )
     p.add_argument("--max-concurrent-exports", type=int, help="jobs run at once (default 2)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -74,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_key=args.tls_key,
             policies_file=args.policies,
             config_file=args.config,
+            broker=args.broker,
         )
         prepare_state_dir(config.state_dir)
         token = config.api_token or load_or_create_token(config.state_dir)

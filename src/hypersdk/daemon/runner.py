@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hypersdk.access.image import restore_image
 from hypersdk.daemon.config import DaemonConfig
@@ -26,6 +26,7 @@ from hypersdk.engine import catalog
 from hypersdk.engine.export import ExportHooks, ExportRequest, run_export
 from hypersdk.engine.restore_into import prepare_into, run_into
 from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, UsageError
+from hypersdk.providers.base import Provider
 from hypersdk.providers.factory import check_exists, export_key, open_provider
 from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import Repository
@@ -75,10 +76,20 @@ class VerifySpec:
     generation: str | None
 
 
+JobSpec = ExportSpec | RestoreSpec | VerifySpec
+
+
+class JobSink(Protocol):
+    """Where a running job's fields go: the daemon's JobStore, or a fleet worker's
+    status record in Redis (hypersdk.daemon.fleet), which the daemon follows."""
+
+    def update(self, job_id: str, **fields: Any) -> Any: ...
+
+
 class JobContext:
     """What a running job uses to report progress and to see a cancel request."""
 
-    def __init__(self, store: JobStore, job_id: str, cancel: threading.Event) -> None:
+    def __init__(self, store: JobSink, job_id: str, cancel: threading.Event) -> None:
         self.store = store
         self.job_id = job_id
         self.cancel = cancel
@@ -128,6 +139,7 @@ class Runner:
         self._done: dict[str, threading.Event] = {}
         self._exporting: dict[str, str] = {}  # export_key(vm_path) -> job id
         self._stopping = False
+        self.work = JobWork(config)
 
     # -- submitting ------------------------------------------------------------------
 
@@ -140,22 +152,25 @@ class Runner:
                 raise ConflictError(f"an export of {spec.vm_path} is already running ({other})")
             job = self.store.add(Job.new(JobKind.EXPORT, spec.vm_path, spec.output))
             self._exporting[key] = job.id
-            self._start(job.id, lambda ctx: self._run_export(ctx, spec))
+            self._start(job.id, lambda ctx: self._run_export(ctx, spec), spec)
         return job
 
     def submit_restore(self, spec: RestoreSpec) -> Job:
         with self._lock:
             job = self.store.add(Job.new(JobKind.RESTORE, spec.vm, spec.output))
-            self._start(job.id, lambda ctx: self._run_restore(ctx, spec))
+            self._start(job.id, lambda ctx: self._run_restore(ctx, spec), spec)
         return job
 
     def submit_verify(self, spec: VerifySpec) -> Job:
         with self._lock:
             job = self.store.add(Job.new(JobKind.VERIFY, spec.vm, spec.output))
-            self._start(job.id, lambda ctx: self._run_verify(ctx, spec))
+            self._start(job.id, lambda ctx: self._run_verify(ctx, spec), spec)
         return job
 
-    def _start(self, job_id: str, work: Callable[[JobContext], dict[str, Any]]) -> None:
+    def _start(
+        self, job_id: str, work: Callable[[JobContext], dict[str, Any]], spec: JobSpec
+    ) -> None:
+        """Run ``work`` in this process (a fleet's runner sends ``spec`` to a worker)."""
         self._cancel[job_id] = threading.Event()
         self._done[job_id] = threading.Event()
         self._pool.submit(self._run, job_id, work)
@@ -236,11 +251,40 @@ class Runner:
             done.set()
 
     def _run_export(self, ctx: JobContext, spec: ExportSpec) -> dict[str, Any]:
+        return self.work.export(ctx, spec)
+
+    def _run_restore(self, ctx: JobContext, spec: RestoreSpec) -> dict[str, Any]:
+        return self.work.restore(ctx, spec)
+
+    def _run_verify(self, ctx: JobContext, spec: VerifySpec) -> dict[str, Any]:
+        return self.work.verify(ctx, spec)
+
+
+class JobWork:
+    """What a job does, wherever it runs: in the daemon's threads or in a fleet worker
+    (hypersdk.fleet), which builds the same ``JobContext`` over its own sink."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+
+    def admit(self, ctx: JobContext, provider: Provider) -> None:
+        """Called once the VM is known, before anything is made on the hypervisor: a
+        fleet worker waits here for its datastore and host slots (hypersdk.fleet)."""
+
+    def run(self, ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
+        if isinstance(spec, ExportSpec):
+            return self.export(ctx, spec)
+        if isinstance(spec, RestoreSpec):
+            return self.restore(ctx, spec)
+        return self.verify(ctx, spec)
+
+    def export(self, ctx: JobContext, spec: ExportSpec) -> dict[str, Any]:
         ctx.update(phase="connecting")
         provider = open_provider(spec.vm_path, self.config.vsphere)
         try:
             if ctx.cancel.is_set():
                 raise ExportCancelled("export cancelled; nothing was committed")
+            self.admit(ctx, provider)
             ctx.update(phase="deciding")
             hooks = ExportHooks(on_plan=ctx.plan, progress=ctx.advance, cancel=ctx.cancel)
             history = History(Path(self.config.state_dir))
@@ -252,7 +296,7 @@ class Runner:
         ctx.update(bytes_done=report.bytes_read)
         return report.to_json()
 
-    def _run_restore(self, ctx: JobContext, spec: RestoreSpec) -> dict[str, Any]:
+    def restore(self, ctx: JobContext, spec: RestoreSpec) -> dict[str, Any]:
         password = self.config.repository_password
         if spec.into:
             job = prepare_into(
@@ -285,7 +329,7 @@ class Runner:
         )
         return asdict(result)
 
-    def _run_verify(self, ctx: JobContext, spec: VerifySpec) -> dict[str, Any]:
+    def verify(self, ctx: JobContext, spec: VerifySpec) -> dict[str, Any]:
         repo = Repository.open(spec.output, password=self.config.repository_password)
         # A damaged manifest in the selection is reported as damage, like hyperctl verify.
         manifests, damaged = select_with_damage(repo, spec.vm, spec.generation)
