@@ -108,13 +108,16 @@ class _Process:
                 self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not (_socket_accepts(self.qmp_path) and self.test_qmp_path.exists()):
+        while not self._ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.name} QMP socket did not appear")
+                raise RuntimeError(f"{self.name} did not open its sockets in time")
             time.sleep(0.02)
+
+    def _ready(self) -> bool:
+        return _socket_accepts(self.qmp_path) and self.test_qmp_path.exists()
 
     def qmp(self, command: str, **arguments: Any) -> Any:
         """Run a QMP command on the rig's own monitor connection (independent of the code
@@ -196,6 +199,11 @@ class QemuStorageDaemon(_Process):
     @property
     def nbd_uri(self) -> str:
         return f"nbd+unix:///{self.export_name}?socket={self.nbd_path}"
+
+    def _ready(self) -> bool:
+        # The daemon makes its monitors before its NBD server: on a loaded machine a
+        # test that writes at once could find no NBD socket yet.
+        return super()._ready() and (not self.nbd_server or _socket_accepts(self.nbd_path))
 
     def _argv(self) -> list[str]:
         argv = ["qemu-storage-daemon", *self._monitor_args("--"), *self._blockdev_args("--")]
