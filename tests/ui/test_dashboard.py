@@ -1,0 +1,321 @@
+"""The dashboard (/ui/) in Debian's chromium, headless, driven by Selenium through
+chromium-driver, against a live hypervisord with a qemu-storage-daemon VM and a qcow2 VM.
+
+Screenshots of every page land in the folder the module prints (HYPERSDK_UI_ARTIFACTS,
+else a pytest temp folder); docs/dashboard.png is one of them."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hypersdk.daemon.routes_ui import UI_DIR
+from tests.daemon.live import Hypervisord, wait_job
+from tests.rigs.qsd import MiB, QemuStorageDaemon, create_qcow2
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None or DRIVER is None,
+        reason="needs Debian's chromium and chromium-driver (make setup)",
+    ),
+    pytest.mark.skipif(
+        not (UI_DIR / "app.js").is_file(), reason="the dashboard is not built (make setup)"
+    ),
+]
+WAIT = 20.0
+
+
+@dataclass
+class Lab:
+    hvd: Hypervisord
+    http: httpx.Client
+    qsd: QemuStorageDaemon
+    qsd_vm: str  # its id in the repository
+    qcow2: str  # locator
+    qcow2_vm: str
+    folder: Path
+    shots: Path
+
+
+def _export(http: httpx.Client, vm_path: str, **extra: Any) -> dict[str, Any]:
+    r = http.post("/exports", json={"vm_path": vm_path, **extra})
+    assert r.status_code == 202, r.text
+    job = wait_job(http, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    folder = tmp_path_factory.mktemp("ui")
+    shots = Path(os.environ.get("HYPERSDK_UI_ARTIFACTS") or folder / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"\ndashboard screenshots: {shots}")
+    rng = random.Random(17)
+    image = folder / "web.qcow2"
+    create_qcow2(image, 16 * MiB)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 3M", str(image)],
+        check=True,
+        capture_output=True,
+    )
+    with (
+        QemuStorageDaemon(folder / "qsd", size=32 * MiB) as qsd,
+        Hypervisord(folder / "hvd", output=folder / "repo", allow=(folder,)) as hvd,
+        hvd.client() as http,
+    ):
+        qsd.write(0, rng.randbytes(4 * MiB))
+        assert http.post("/cbt/enable", json={"vm_path": qsd.locator}).status_code == 200
+        qsd_vm = _export(http, qsd.locator)["result"]["vm"]
+        qcow2 = f"qcow2:{image}"
+        qcow2_vm = _export(http, qcow2)["result"]["vm"]
+        r = http.put("/policies/nightly", json={"vms": [qcow2], "schedule": "0 3 1 1 *"})
+        assert r.status_code == 200, r.text
+        yield Lab(hvd, http, qsd, qsd_vm, qcow2, qcow2_vm, folder, shots)
+
+
+@pytest.fixture(scope="module")
+def browser(lab: Lab) -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+        f"--user-data-dir={lab.folder / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=DRIVER, log_output=str(lab.folder / "driver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: Any, check: Callable[[Any], Any], what: str) -> Any:
+    try:
+        return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(check)
+    except TimeoutException:
+        alert = driver.find_element(By.ID, "alert").text
+        driver.save_screenshot(str(Path(os.environ.get("HYPERSDK_UI_ARTIFACTS", "/tmp")) / "timeout.png"))
+        print(driver.get_log("browser"))
+        raise AssertionError(f"timed out waiting for {what}; alert: {alert!r}") from None
+
+
+def loaded(driver: Any, page: str) -> None:
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "view").get_attribute("data-loaded") == page,
+        f"page {page}",
+    )
+
+
+def go(driver: Any, lab: Lab, fragment: str, page: str) -> None:
+    driver.execute_script("document.getElementById('view').removeAttribute('data-loaded')")
+    driver.get(f"{lab.hvd.base_url}/ui/{fragment}")
+    loaded(driver, page)
+
+
+def shot(driver: Any, lab: Lab, name: str) -> None:
+    # The whole page: as tall as its content.
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(800, min(int(height) + 40, 3000)))
+    driver.save_screenshot(str(lab.shots / f"{name}.png"))
+
+
+# ---------------------------------------------------------------- plain HTTP
+
+
+def test_static_files_need_no_token_and_carry_a_strict_policy(lab: Lab) -> None:
+    with httpx.Client(base_url=lab.hvd.base_url) as anon:
+        page = anon.get("/ui/")
+        assert page.status_code == 200 and "<main" in page.text
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        js = anon.get("/ui/app.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        assert anon.get("/ui", follow_redirects=False).headers["location"] == "/ui/"
+        missing = anon.get("/ui/app.ts")  # only the page's own files
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        # The open prefix reaches no API route: the whole path is matched.
+        for path in ("/ui/../exports", "/ui/%2e%2e/exports", "/ui//exports"):
+            assert anon.get(path).status_code in (401, 404), path
+        assert anon.get("/ui/../exports").status_code != 200
+        assert anon.get("/repository").status_code == 401
+        assert anon.get("/exports").json()["error"]["message"] == "missing API token"
+
+
+def test_sign_in_link_is_printed_with_the_token(lab: Lab) -> None:
+    assert f"{lab.hvd.base_url}/ui/#token={lab.hvd.token}" in lab.hvd.log()
+
+
+def test_repository_stats(lab: Lab) -> None:
+    st = lab.http.get("/repository").json()
+    assert st["output"] == str(lab.folder / "repo")
+    assert st["vms"] == 2 and st["generations"] >= 2
+    assert st["chunk_count"] > 0 and st["stored_bytes"] > 0
+    # 32 MiB + 16 MiB of disks; 7 MiB of data written: the rest is zeros, never stored.
+    assert st["logical_bytes"] >= 48 * MiB
+    assert st["dedup_ratio"] == round(st["logical_bytes"] / st["stored_bytes"], 3)
+    assert lab.http.get("/repository", params={"output": "/etc"}).status_code == 403
+
+
+# -------------------------------------------------------------------- browser
+
+
+def test_refused_without_the_token_shows_the_api_message(browser: Any, lab: Lab) -> None:
+    browser.get(f"{lab.hvd.base_url}/ui/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{lab.hvd.base_url}/ui/#/")
+    field = wait(browser, lambda d: d.find_element(By.ID, "token"), "the sign-in form")
+    shot(browser, lab, "sign-in")
+    field.send_keys("not-the-token", Keys.ENTER)
+    loaded(browser, "error")
+    assert browser.find_element(By.ID, "page-error").text == "wrong API token"
+    assert "wrong API token" in browser.find_element(By.ID, "alert").text
+
+
+def test_sign_in_link_then_overview_lists_both_vms(browser: Any, lab: Lab) -> None:
+    browser.get(f"{lab.hvd.base_url}/ui/")
+    browser.execute_script("sessionStorage.clear()")
+    go(browser, lab, f"#token={lab.hvd.token}", "overview")
+    # The token left the address bar for session storage.
+    assert "token" not in browser.current_url
+    assert browser.execute_script("return sessionStorage.getItem('hypervisord-token')") == (
+        lab.hvd.token
+    )
+    rows = {
+        r.get_attribute("data-vm"): r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#vms tbody tr")
+    }
+    assert set(rows) >= {lab.qsd_vm, lab.qcow2_vm}, rows
+    assert "nightly" in rows[lab.qcow2_vm]  # its policy
+    assert "fresh" in rows[lab.qsd_vm] and "full" in rows[lab.qsd_vm]
+    wait(
+        browser,
+        lambda d: "enabled" in d.find_element(By.CSS_SELECTOR, f"tr[data-vm='{lab.qsd_vm}']").text,
+        "the CBT state",
+    )
+    shot(browser, lab, "overview")
+
+
+def test_export_from_the_vm_page_reaches_done_and_shows_in_timeline_and_chart(
+    browser: Any, lab: Lab
+) -> None:
+    go(browser, lab, f"#/vm/{lab.qsd_vm}", "vm")
+    before = len(browser.find_elements(By.CSS_SELECTOR, "#timeline li"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#chart .bar-group")) == before
+    lab.qsd.write(8 * MiB, random.Random(5).randbytes(2 * MiB))
+    button = browser.find_element(By.ID, "export-incremental")
+    button.send_keys(Keys.ENTER)  # the keyboard works as well as a click
+    progress = wait(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, "#vm-jobs .job-progress"), "progress"
+    )
+    job_id = progress.get_attribute("data-job")
+    seen = wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f".job-progress[data-job='{job_id}']")
+        .get_attribute("data-state")
+        in ("succeeded", "failed"),
+        "the export to finish",
+    )
+    assert seen
+    # The page reloads its VM once the export succeeded: a new generation.
+    wait(
+        browser,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline li")) == before + 1,
+        "the new generation in the timeline",
+    )
+    job = lab.http.get(f"/exports/{job_id}").json()
+    assert job["state"] == "succeeded" and job["mode"] == "incremental", job
+    newest = browser.find_element(By.CSS_SELECTOR, "#timeline li")
+    assert newest.get_attribute("data-generation") == job["result"]["generation"]
+    assert "incremental" in newest.text
+    bars = browser.find_elements(By.CSS_SELECTOR, "#chart .bar-group")
+    assert len(bars) == before + 1
+    assert bars[-1].get_attribute("data-generation") == job["result"]["generation"]
+    assert "incremental" in bars[-1].get_attribute("class")
+    assert "full" in bars[0].get_attribute("class")
+    assert "incremental" in browser.find_element(By.ID, "decision").text
+    shot(browser, lab, "vm")
+
+
+def test_instant_access_session_starts_and_stops(browser: Any, lab: Lab) -> None:
+    go(browser, lab, f"#/vm/{lab.qcow2_vm}", "vm")
+    browser.find_element(By.ID, "start-session").click()
+    uri = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#session .nbd-uri"), "the URI")
+    assert uri.text.startswith("nbd+unix:///")
+    sessions = lab.http.get("/serve-sessions").json()["sessions"]
+    assert [s["uri"] for s in sessions] == [uri.text]
+    # A real NBD client reads the disk the page names.
+    info = subprocess.run(["nbdinfo", "--size", uri.text], capture_output=True, text=True)
+    assert info.returncode == 0 and int(info.stdout) == 16 * MiB, info.stderr
+    shot(browser, lab, "vm-instant-access")
+    browser.find_element(By.CSS_SELECTOR, "#session .stop-session").click()
+    wait(browser, lambda d: d.find_element(By.ID, "no-session"), "the session to stop")
+    assert lab.http.get("/serve-sessions").json()["sessions"] == []
+
+
+def test_jobs_page_filters_and_job_page(browser: Any, lab: Lab) -> None:
+    go(browser, lab, "#/jobs?state=succeeded&kind=export", "jobs")
+    rows = browser.find_elements(By.CSS_SELECTOR, "table tbody tr")
+    assert len(rows) >= 3 and all("succeeded" in r.text for r in rows)
+    shot(browser, lab, "jobs")
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    loaded(browser, "job")
+    assert "succeeded" in browser.find_element(By.ID, "job-detail").text
+    shot(browser, lab, "job")
+
+
+def test_a_refused_restore_shows_the_api_message(browser: Any, lab: Lab) -> None:
+    target = lab.folder / "taken.raw"
+    target.write_bytes(b"keep me")
+    go(browser, lab, f"#/vm/{lab.qcow2_vm}", "vm")
+    browser.find_element(By.ID, "restore-to").send_keys(str(target), Keys.ENTER)
+    shown = wait(browser, lambda d: d.find_element(By.ID, "alert").text, "the refusal")
+    expected = lab.http.post("/restores", json={"vm": lab.qcow2_vm, "to": str(target)})
+    assert expected.status_code == 422, expected.text
+    assert shown == f"Error: {expected.json()['error']['message']}"
+    assert target.read_bytes() == b"keep me"
+
+
+def test_repository_page(browser: Any, lab: Lab) -> None:
+    go(browser, lab, "#/repository", "repository")
+    st = lab.http.get("/repository").json()
+    assert browser.find_element(By.ID, "repo-chunks").text.replace(",", "") == str(
+        st["chunk_count"]
+    )
+    assert browser.find_element(By.ID, "repo-size").text.endswith(("KiB", "MiB"))
+    browser.find_element(By.ID, "verify-all").click()
+    wait(
+        browser,
+        lambda d: "succeeded" in d.find_element(By.ID, "repo-last-verify").text,
+        "the verification to finish and show",
+    )
+    shot(browser, lab, "repository")
