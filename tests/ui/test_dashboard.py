@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -23,7 +26,11 @@ from tests.daemon.live import Hypervisord, wait_job
 from tests.rigs.qsd import MiB, QemuStorageDaemon, create_qcow2
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -50,6 +57,7 @@ class Lab:
     qsd_vm: str  # its id in the repository
     qcow2: str  # locator
     qcow2_vm: str
+    never: str  # a policy's VM never exported
     folder: Path
     shots: Path
 
@@ -78,7 +86,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     )
     with (
         QemuStorageDaemon(folder / "qsd", size=32 * MiB) as qsd,
-        Hypervisord(folder / "hvd", output=folder / "repo", allow=(folder,)) as hvd,
+        Hypervisord(
+            folder / "hvd",
+            output=folder / "repo",
+            allow=(folder,),
+            args=("--max-concurrent-exports", "1"),  # a second export waits in the queue
+        ) as hvd,
         hvd.client() as http,
     ):
         qsd.write(0, rng.randbytes(4 * MiB))
@@ -86,9 +99,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         qsd_vm = _export(http, qsd.locator)["result"]["vm"]
         qcow2 = f"qcow2:{image}"
         qcow2_vm = _export(http, qcow2)["result"]["vm"]
-        r = http.put("/policies/nightly", json={"vms": [qcow2], "schedule": "0 3 1 1 *"})
+        never = folder / "never.qcow2"  # in a policy, never exported: stale
+        create_qcow2(never, MiB)
+        policy = {"vms": [qcow2, f"qcow2:{never}"], "schedule": "0 3 1 1 *"}
+        r = http.put("/policies/nightly", json=policy)
         assert r.status_code == 200, r.text
-        yield Lab(hvd, http, qsd, qsd_vm, qcow2, qcow2_vm, folder, shots)
+        # A policy with its own repository: its VMs show too, with that repository.
+        offsite = folder / "offsite"
+        _export(http, qcow2, output=str(offsite))
+        r = http.put(
+            "/policies/offsite",
+            json={"vms": [qcow2], "schedule": "0 4 1 1 *", "output": str(offsite)},
+        )
+        assert r.status_code == 200, r.text
+        yield Lab(hvd, http, qsd, qsd_vm, qcow2, qcow2_vm, f"qcow2:{never}", folder, shots)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +132,9 @@ def browser(lab: Lab) -> Iterator[Any]:
         f"--user-data-dir={lab.folder / 'chromium-profile'}",
     ):
         options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=DRIVER, log_output=str(lab.folder / "driver.log"))
+    service = webdriver.ChromeService(
+        executable_path=DRIVER, log_output=str(lab.folder / "driver.log")
+    )
     driver = webdriver.Chrome(options=options, service=service)
     try:
         yield driver
@@ -116,13 +142,20 @@ def browser(lab: Lab) -> Iterator[Any]:
         driver.quit()
 
 
+def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def wait(driver: Any, check: Callable[[Any], Any], what: str) -> Any:
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(check)
+        # A page that re-renders replaces its nodes: look again.
+        ignored = (NoSuchElementException, StaleElementReferenceException)
+        return WebDriverWait(driver, WAIT, 0.05, ignored_exceptions=ignored).until(check)
     except TimeoutException:
         alert = driver.find_element(By.ID, "alert").text
-        driver.save_screenshot(str(Path(os.environ.get("HYPERSDK_UI_ARTIFACTS", "/tmp")) / "timeout.png"))
-        print(driver.get_log("browser"))
         raise AssertionError(f"timed out waiting for {what}; alert: {alert!r}") from None
 
 
@@ -136,15 +169,25 @@ def loaded(driver: Any, page: str) -> None:
 
 def go(driver: Any, lab: Lab, fragment: str, page: str) -> None:
     driver.execute_script("document.getElementById('view').removeAttribute('data-loaded')")
-    driver.get(f"{lab.hvd.base_url}/ui/{fragment}")
+    url = f"{lab.hvd.base_url}/ui/{fragment}"
+    if driver.current_url == url:
+        driver.refresh()  # the same fragment again is no navigation
+    else:
+        driver.get(url)
     loaded(driver, page)
 
 
 def shot(driver: Any, lab: Lab, name: str) -> None:
-    # The whole page: as tall as its content.
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(800, min(int(height) + 40, 3000)))
-    driver.save_screenshot(str(lab.shots / f"{name}.png"))
+    """The whole page, as tall as its content, at 1280 CSS pixels wide."""
+    height = int(driver.execute_script("return document.body.scrollHeight"))
+    metrics = {"width": 1280, "height": max(600, min(height + 16, 3000))}
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {**metrics, "deviceScaleFactor": 1, "mobile": False}
+    )
+    try:
+        driver.save_screenshot(str(lab.shots / f"{name}.png"))
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 # ---------------------------------------------------------------- plain HTTP
@@ -210,19 +253,75 @@ def test_sign_in_link_then_overview_lists_both_vms(browser: Any, lab: Lab) -> No
     assert browser.execute_script("return sessionStorage.getItem('hypervisord-token')") == (
         lab.hvd.token
     )
-    rows = {
-        r.get_attribute("data-vm"): r.text
-        for r in browser.find_elements(By.CSS_SELECTOR, "#vms tbody tr")
-    }
+    found = browser.find_elements(By.CSS_SELECTOR, "#vms tbody tr")
+    rows = {r.get_attribute("data-vm"): r.text for r in found if "offsite" not in r.text}
+    offsite = [r for r in found if "offsite" in r.text]
+    # The qcow2 VM once more: held by the offsite policy's repository.
+    assert [r.get_attribute("data-vm") for r in offsite] == [lab.qcow2_vm]
+    link = offsite[0].find_element(By.TAG_NAME, "a").get_attribute("href")
+    assert link.endswith(f"?output={quote(str(lab.folder / 'offsite'), safe='')}"), link
     assert set(rows) >= {lab.qsd_vm, lab.qcow2_vm}, rows
     assert "nightly" in rows[lab.qcow2_vm]  # its policy
     assert "fresh" in rows[lab.qsd_vm] and "full" in rows[lab.qsd_vm]
+    # Stale in words and a mark, not by colour alone.
+    assert "stale" in rows[lab.never] and "none" in rows[lab.never]
+    stale = browser.find_element(By.CSS_SELECTOR, f"tr[data-vm='{lab.never}']")
+    assert "stale-row" in stale.get_attribute("class")
+    # Every row's CBT state, the VM in two repositories too: words, not a colour.
     wait(
         browser,
-        lambda d: "enabled" in d.find_element(By.CSS_SELECTOR, f"tr[data-vm='{lab.qsd_vm}']").text,
-        "the CBT state",
+        lambda d: all(
+            ("enabled" in r.text) != ("disabled" in r.text)
+            for r in d.find_elements(By.CSS_SELECTOR, "#vms tbody tr")
+        ),
+        "the CBT states",
     )
+    assert "enabled" in browser.find_element(By.CSS_SELECTOR, f"tr[data-vm='{lab.qsd_vm}']").text
     shot(browser, lab, "overview")
+
+
+def test_overview_follows_running_jobs_live(browser: Any, lab: Lab) -> None:
+    """One export slot: an export of a VM whose QMP socket never answers holds it, so a
+    real export waits queued; the overview shows both, then follows them over the event
+    stream to their ends once the silent socket goes away."""
+    silent = lab.folder / "silent"
+    silent.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(silent / "qmp.sock"))
+    listener.listen(4)
+    try:
+        r = lab.http.post("/exports", json={"vm_path": f"qemu:{silent / 'qmp.sock'}"})
+        assert r.status_code == 202, r.text
+        stuck = r.json()["id"]
+        wait_until(lambda: lab.http.get(f"/exports/{stuck}").json()["state"] == "running")
+        r = lab.http.post("/exports", json={"vm_path": lab.qsd.locator, "force_full": True})
+        assert r.status_code == 202, r.text
+        queued = r.json()["id"]
+        go(browser, lab, "#/", "overview")
+        box = browser.find_element(By.CSS_SELECTOR, f".job-progress[data-job='{queued}']")
+        assert box.get_attribute("data-state") == "queued"
+        assert "running" in browser.find_element(
+            By.CSS_SELECTOR, f".job-progress[data-job='{stuck}']"
+        ).get_attribute("data-state")
+        shot(browser, lab, "overview-running")
+    finally:
+        listener.close()  # the stuck export's QMP connection is reset: it fails
+    wait(
+        browser,
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, f".job-progress[data-job='{queued}']").get_attribute(
+                "data-state"
+            )
+            == "succeeded"
+        ),
+        "the queued export to run and finish",
+    )
+    done = browser.find_element(By.CSS_SELECTOR, f".job-progress[data-job='{queued}']").text
+    assert "done 100%" in done, done
+    failed = browser.find_element(By.CSS_SELECTOR, f".job-progress[data-job='{stuck}']")
+    assert failed.get_attribute("data-state") == "failed"
+    error = lab.http.get(f"/exports/{stuck}").json()["error"]["message"]
+    assert error in failed.text  # the API's own message
 
 
 def test_export_from_the_vm_page_reaches_done_and_shows_in_timeline_and_chart(
@@ -240,9 +339,12 @@ def test_export_from_the_vm_page_reaches_done_and_shows_in_timeline_and_chart(
     job_id = progress.get_attribute("data-job")
     seen = wait(
         browser,
-        lambda d: d.find_element(By.CSS_SELECTOR, f".job-progress[data-job='{job_id}']")
-        .get_attribute("data-state")
-        in ("succeeded", "failed"),
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, f".job-progress[data-job='{job_id}']").get_attribute(
+                "data-state"
+            )
+            in ("succeeded", "failed")
+        ),
         "the export to finish",
     )
     assert seen

@@ -10,6 +10,7 @@
 import {
   HyperSDK,
   HyperSDKAPIError,
+  NotFoundError,
   TERMINAL_JOB_STATES,
   type Generation,
   type Job,
@@ -121,7 +122,7 @@ function table(headers: string[], rows: Node[][], caption?: string): HTMLTableEl
 }
 
 const STATE_ICON: Record<string, string> = {
-  queued: '⏳',
+  queued: '○',
   running: '▶',
   succeeded: '✔',
   failed: '✖',
@@ -216,6 +217,8 @@ async function exportLocators(api: HyperSDK): Promise<Map<string, string>> {
 
 interface VmRow {
   id: string;
+  /** Its repository: a policy's, or undefined for the daemon's default one. */
+  output: string | undefined;
   name: string;
   locator: string | null;
   policies: string[];
@@ -223,11 +226,41 @@ interface VmRow {
   generations: number;
 }
 
-function vmRows(gens: Generation[], policies: Policy[], locators: Map<string, string>): VmRow[] {
+/** A generation with the repository it was listed from (undefined: the default one). */
+type Held = Generation & { repo: string | undefined };
+
+/**
+ * The generations of the default repository and of every policy's repository (one VM may
+ * be in several: one row each). A policy's repository that does not exist yet holds none.
+ */
+async function allGenerations(api: HyperSDK, policies: Policy[]): Promise<Held[]> {
+  const outputs = [undefined, ...new Set(policies.map((p) => p.output))];
+  const lists = await Promise.all(
+    outputs.map((o) =>
+      api.listGenerations(o).then(
+        (gens) => gens.map((g): Held => ({ ...g, repo: o })),
+        (err) => {
+          if (err instanceof NotFoundError && o !== undefined) return [];
+          throw err;
+        },
+      ),
+    ),
+  );
+  // The default repository may be a policy's too (its path is not in the API): the list
+  // that holds the same generations is that policy's, and stands for both.
+  const keys = (gens: Held[]): string => gens.map((g) => `${g.vm} ${g.id}`).sort().join('\n');
+  const [defaults = [], ...others] = lists;
+  const same = defaults.length > 0 && others.some((o) => keys(o) === keys(defaults));
+  return same ? others.flat() : lists.flat();
+}
+
+function vmRows(gens: Held[], policies: Policy[], locators: Map<string, string>): VmRow[] {
   const rows = new Map<string, VmRow>();
   for (const g of gens) {
-    const row = rows.get(g.vm) ?? {
+    const key = `${g.repo ?? ''} ${g.vm}`;
+    const row = rows.get(key) ?? {
       id: g.vm,
+      output: g.repo,
       name: g.vm_name,
       locator: g.locator ?? null,
       policies: [],
@@ -237,42 +270,51 @@ function vmRows(gens: Generation[], policies: Policy[], locators: Map<string, st
     row.generations += 1;
     row.locator = locators.get(g.vm) ?? g.locator ?? row.locator;
     if (g.completed && !g.suspect) row.lastGood = g; // oldest first: the last one wins
-    rows.set(g.vm, row);
+    rows.set(key, row);
   }
   for (const p of policies) {
     for (const { vm } of p.vms) {
       const found = [...rows.values()].find(
-        (r) => r.locator === vm || r.id === vm || r.name === vm || gens.some((g) => g.vm === r.id && g.locator === vm),
+        (r) =>
+          r.output === p.output &&
+          (r.locator === vm || r.id === vm || r.name === vm || gens.some((g) => g.vm === r.id && g.locator === vm)),
       );
       if (found) found.policies.push(p.name);
-      else rows.set(vm, { id: vm, name: vm, locator: vm, policies: [p.name], lastGood: null, generations: 0 });
+      else {
+        const row = { id: vm, output: p.output, name: vm, locator: vm, policies: [p.name], lastGood: null, generations: 0 };
+        rows.set(`${p.output} ${vm}`, row);
+      }
     }
   }
   return [...rows.values()].sort((a, b) => a.name.localeCompare(b.name));
 }
 
-function vmLink(row: { id: string; name: string }): HTMLElement {
-  return h('a', { href: `#/vm/${encodeURIComponent(row.id)}` }, row.name);
+function vmLink(row: VmRow): HTMLElement {
+  const query = row.output === undefined ? '' : `?${new URLSearchParams({ output: row.output })}`;
+  return h('a', { href: `#/vm/${encodeURIComponent(row.id)}${query}` }, row.name);
 }
 
 async function overview(api: HyperSDK): Promise<void> {
-  const [gens, policies, running, queued, locators] = await Promise.all([
-    api.listGenerations(),
+  const [policies, running, queued, locators] = await Promise.all([
     api.listPolicies(),
     api.listExports({ state: 'running' }),
     api.listExports({ state: 'queued' }),
     exportLocators(api),
   ]);
+  const gens = await allGenerations(api, policies);
   const staleMs = DEFAULT_STALE_HOURS * 3600_000;
   const rows = vmRows(gens, policies, locators);
-  const cbtCells = new Map<string, HTMLElement>();
+  const cbtCells = new Map<string, HTMLElement[]>(); // one VM may have rows in two repositories
   const body = rows.map((r) => {
     const age = r.lastGood ? Date.now() - Date.parse(r.lastGood.completed ?? r.lastGood.created) : Infinity;
     const stale = age > staleMs;
     const cbt = h('span', {}, r.locator ? 'checking…' : 'unknown (no locator)');
-    if (r.locator) cbtCells.set(r.locator, cbt);
+    if (r.locator) cbtCells.set(r.locator, [...(cbtCells.get(r.locator) ?? []), cbt]);
     return [
       vmLink(r),
+      r.output === undefined
+        ? document.createTextNode('default')
+        : h('code', { title: r.output }, r.output.split('/').filter(Boolean).pop() ?? r.output),
       document.createTextNode(r.policies.join(', ') || '—'),
       r.lastGood
         ? h('span', {}, h('code', {}, r.lastGood.id), ` (${r.lastGood.type})`)
@@ -284,7 +326,7 @@ async function overview(api: HyperSDK): Promise<void> {
       cbt,
     ];
   });
-  const vmTable = table(['VM', 'Policies', 'Last good generation', 'Age', 'Backup', 'CBT'], body, `Virtual machines (stale: no good generation within ${DEFAULT_STALE_HOURS} h)`);
+  const vmTable = table(['VM', 'Repository', 'Policies', 'Last good generation', 'Age', 'Backup', 'CBT'], body, `Virtual machines (stale: no good generation within ${DEFAULT_STALE_HOURS} h)`);
   vmTable.id = 'vms';
   rows.forEach((r, i) => {
     const tr = vmTable.tBodies[0]!.rows[i]!;
@@ -301,7 +343,7 @@ async function overview(api: HyperSDK): Promise<void> {
       ? table(
           ['Job', 'Kind', 'VM', 'Progress'],
           jobs.map((j) => [
-            h('a', { href: `#/job/${j.id}` }, j.id),
+            h('a', { href: `#/job/${j.id}`, class: 'job-id' }, j.id),
             document.createTextNode(j.kind),
             document.createTextNode(j.vm_path ?? '—'),
             jobProgress(api, j),
@@ -309,10 +351,11 @@ async function overview(api: HyperSDK): Promise<void> {
         )
       : h('p', { id: 'no-jobs' }, 'Nothing running.'),
   );
-  for (const [locator, cell] of cbtCells) {
+  for (const [locator, cells] of cbtCells) {
+    const show = (node: () => Node | string): void => cells.forEach((c) => c.replaceChildren(node()));
     api.getCBTStatus(locator).then(
-      (st) => cell.replaceChildren(st.cbt_enabled ? '✔ enabled' : '✖ disabled'),
-      (err) => cell.replaceChildren(h('span', { class: 'error' }, message(err))),
+      (st) => show(() => (st.cbt_enabled ? '✔ enabled' : '✖ disabled')),
+      (err) => show(() => h('span', { class: 'error' }, message(err))),
     );
   }
 }
@@ -401,15 +444,19 @@ function timeline(gens: Generation[]): HTMLElement {
   );
 }
 
-async function vmPage(api: HyperSDK, vmId: string): Promise<void> {
+async function vmPage(api: HyperSDK, vmId: string, output: string | undefined): Promise<void> {
   const [gens, sessions, locators] = await Promise.all([
-    api.listGenerations(undefined, vmId),
+    api.listGenerations(output, vmId).catch((err: unknown) => {
+      // A policy's VM never exported yet (named by its locator): no generation so far.
+      if (err instanceof NotFoundError && vmId.includes(':')) return [];
+      throw err;
+    }),
     api.listServeSessions(),
     exportLocators(api),
   ]);
   const last = gens[gens.length - 1];
   const name = last?.vm_name ?? vmId;
-  const locator = locators.get(vmId) ?? last?.locator ?? null;
+  const locator = locators.get(vmId) ?? last?.locator ?? (vmId.includes(':') ? vmId : null);
   const jobsBox = h('div', { id: 'vm-jobs' });
   // After an export: the new generation joins the timeline, chart and decision in place
   // (the finished job's progress stays on the page).
@@ -434,7 +481,7 @@ async function vmPage(api: HyperSDK, vmId: string): Promise<void> {
     if ([...genSelect.options].some((o) => o.value === chosen)) genSelect.value = chosen;
   };
   const reload = (): void => {
-    api.listGenerations(undefined, vmId).then(fill, (err) => alert(message(err)));
+    api.listGenerations(output, vmId).then(fill, (err) => alert(message(err)));
   };
 
   const runJob = async (start: () => Promise<Job>, reloadAfter = true): Promise<void> => {
@@ -457,7 +504,7 @@ async function vmPage(api: HyperSDK, vmId: string): Promise<void> {
       id: full ? 'export-full' : 'export-incremental',
       onclick: () => {
         if (!locator) return alert(`VM ${name} has no locator recorded: export it once with hyperexport`);
-        void runJob(() => api.exportVM(locator, full ? { forceFull: true } : { incremental: true }));
+        void runJob(() => api.exportVM(locator, full ? { output, forceFull: true } : { output, incremental: true }));
       },
     }, full ? 'Export now (full)' : 'Export now (incremental)');
 
@@ -466,7 +513,7 @@ async function vmPage(api: HyperSDK, vmId: string): Promise<void> {
     class: 'inline',
     onsubmit: (ev: Event) => {
       ev.preventDefault();
-      void runJob(() => api.restore({ vm: vmId, generation: genSelect.value, to: target.value }), false);
+      void runJob(() => api.restore({ output, vm: vmId, generation: genSelect.value, to: target.value }), false);
     },
   }, h('label', { for: 'restore-generation' }, 'Generation '), genSelect, ' ',
   h('label', { for: 'restore-to' }, 'to (a path the daemon allows) '), target, ' ',
@@ -492,7 +539,7 @@ async function vmPage(api: HyperSDK, vmId: string): Promise<void> {
       h('button', { type: 'button', id: 'start-session', onclick: async () => {
         alert('');
         try {
-          await api.startServeSession({ vm: vmId, generation: genSelect.value });
+          await api.startServeSession({ output, vm: vmId, generation: genSelect.value });
           showSessions(await api.listServeSessions());
         } catch (err) {
           alert(message(err));
@@ -504,14 +551,15 @@ async function vmPage(api: HyperSDK, vmId: string): Promise<void> {
 
   view(
     h('h1', {}, `VM ${name}`),
-    h('p', {}, 'Id ', h('code', {}, vmId), locator ? h('span', {}, ', locator ', h('code', {}, locator)) : ''),
+    h('p', {}, 'Id ', h('code', {}, vmId), locator ? h('span', {}, ', locator ', h('code', {}, locator)) : '',
+      ', repository ', h('code', {}, output ?? 'the daemon’s default')),
     h('section', { 'aria-labelledby': 'decision-h' },
       h('h2', { id: 'decision-h' }, 'Last export'),
       decisionBox),
     h('section', { 'aria-labelledby': 'actions-h' },
       h('h2', { id: 'actions-h' }, 'Actions'),
       h('p', {}, exportBtn(false), ' ', exportBtn(true), ' ',
-        h('button', { type: 'button', id: 'verify', onclick: () => void runJob(() => api.verify({ vm: vmId, generation: genSelect.value }), false) }, 'Verify selected generation')),
+        h('button', { type: 'button', id: 'verify', onclick: () => void runJob(() => api.verify({ output, vm: vmId, generation: genSelect.value }), false) }, 'Verify selected generation')),
       restoreForm,
       jobsBox),
     h('section', { 'aria-labelledby': 'ia-h' }, h('h2', { id: 'ia-h' }, 'Instant access'), sessionBox),
@@ -554,7 +602,7 @@ async function jobsPage(api: HyperSDK, params: URLSearchParams): Promise<void> {
     jobs.length
       ? table(['Job', 'Kind', 'VM', 'State', 'Phase', 'Created', 'Duration', 'Throughput'],
           jobs.map((j) => [
-            h('a', { href: `#/job/${j.id}` }, j.id),
+            h('a', { href: `#/job/${j.id}`, class: 'job-id' }, j.id),
             document.createTextNode(j.kind),
             document.createTextNode(j.vm_path ?? '—'),
             badge(j.state),
@@ -681,7 +729,7 @@ async function route(): Promise<void> {
   const api = client();
   try {
     if (page === 'overview') await overview(api);
-    else if (page === 'vm' && parts[1]) await vmPage(api, parts[1]);
+    else if (page === 'vm' && parts[1]) await vmPage(api, parts[1], new URLSearchParams(query).get('output') ?? undefined);
     else if (page === 'jobs') await jobsPage(api, new URLSearchParams(query));
     else if (page === 'job' && parts[1]) await jobPage(api, parts[1]);
     else if (page === 'repository') await repositoryPage(api);
