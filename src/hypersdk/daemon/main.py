@@ -9,6 +9,9 @@ config file (never a flag: flags show in ps); without one the daemon makes one i
 <state dir>/api-token (mode 0600), which the SDKs on this host read. Requests may name
 only paths inside --allow-path folders and the --output repository. A non-loopback
 address needs --tls-cert and --tls-key. Contract: docs/api.md.
+
+At start it prints a sign-in link to the dashboard (/ui/) on stderr, the token in its
+fragment, as Jupyter does: stderr is the operator's, so keep it out of shared logs.
 """
 
 from __future__ import annotations
