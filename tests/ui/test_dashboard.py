@@ -394,6 +394,31 @@ def test_jobs_page_filters_and_job_page(browser: Any, lab: Lab) -> None:
     loaded(browser, "job")
     assert "succeeded" in browser.find_element(By.ID, "job-detail").text
     shot(browser, lab, "job")
+    failed = lab.http.get("/exports", params={"state": "failed"}).json()["jobs"]
+    assert failed  # the export of the silent QMP socket
+    go(browser, lab, f"#/job/{failed[0]['id']}", "job")
+    error = failed[0]["error"]
+    assert browser.find_element(By.ID, "job-error").text == f"{error['code']}: {error['message']}"
+    shot(browser, lab, "job-failed")
+
+
+def test_verify_and_restore_from_the_vm_page(browser: Any, lab: Lab) -> None:
+    go(browser, lab, f"#/vm/{lab.qcow2_vm}", "vm")
+    browser.find_element(By.ID, "verify").click()
+    target = lab.folder / "restored.raw"
+    browser.find_element(By.ID, "restore-to").send_keys(str(target), Keys.ENTER)
+
+    def states(d: Any) -> list[str]:
+        boxes = d.find_elements(By.CSS_SELECTOR, "#vm-jobs .job-progress")
+        return sorted(b.get_attribute("data-state") for b in boxes)
+
+    wait(browser, lambda d: states(d) == ["succeeded", "succeeded"], "verify and restore")
+    kinds = {j["kind"]: j for j in lab.http.get("/exports", params={"limit": 2}).json()["jobs"]}
+    assert kinds["verify"]["result"]["ok"] is True
+    assert kinds["restore"]["result"]["generation"]
+    assert target.stat().st_size == 16 * MiB
+    with open(target, "rb") as f:
+        assert f.read(3 * MiB) == b"\x5a" * (3 * MiB)
 
 
 def test_every_action_is_reachable_with_the_keyboard(browser: Any, lab: Lab) -> None:
