@@ -479,3 +479,15 @@ def test_no_policy_violation_or_script_error_on_any_page(browser: Any, lab: Lab)
     ]
     assert bad == [], bad
     assert not [e for e in logs if "Content Security Policy" in e["message"]]
+
+
+def test_a_policy_repository_from_the_overview(browser: Any, lab: Lab) -> None:
+    go(browser, lab, "#/", "overview")
+    offsite = lab.folder / "offsite"
+    browser.find_element(By.CSS_SELECTOR, f"#vms a[title='{offsite}']").click()
+    loaded(browser, "repository")
+    stats = browser.find_element(By.ID, "repo-stats").text
+    assert str(offsite) in stats
+    assert browser.find_element(By.ID, "repo-chunks").text == str(
+        lab.http.get("/repository", params={"output": str(offsite)}).json()["chunk_count"]
+    )

@@ -314,7 +314,11 @@ async function overview(api: HyperSDK): Promise<void> {
       vmLink(r),
       r.output === undefined
         ? document.createTextNode('default')
-        : h('code', { title: r.output }, r.output.split('/').filter(Boolean).pop() ?? r.output),
+        : h(
+            'a',
+            { href: `#/repository?${new URLSearchParams({ output: r.output })}`, title: r.output },
+            h('code', {}, r.output.split('/').filter(Boolean).pop() ?? r.output),
+          ),
       document.createTextNode(r.policies.join(', ') || '—'),
       r.lastGood
         ? h('span', {}, h('code', {}, r.lastGood.id), ` (${r.lastGood.type})`)
@@ -664,8 +668,8 @@ async function jobPage(api: HyperSDK, id: string): Promise<void> {
 
 // ------------------------------------------------------------------ repository
 
-async function repositoryPage(api: HyperSDK): Promise<void> {
-  const st = await api.repositoryStats();
+async function repositoryPage(api: HyperSDK, output: string | undefined): Promise<void> {
+  const st = await api.repositoryStats(output);
   const jobsBox = h('div', { id: 'repo-jobs' });
   const lv = st.last_verify;
   view(
@@ -678,13 +682,13 @@ async function repositoryPage(api: HyperSDK): Promise<void> {
       h('dt', {}, 'Chunks'), h('dd', { id: 'repo-chunks' }, st.chunk_count.toLocaleString()),
       h('dt', {}, 'VMs / generations'), h('dd', {}, `${st.vms} / ${st.generations}`),
       h('dt', {}, 'Encryption, compression'), h('dd', {}, `${st.encrypted ? 'encrypted' : 'not encrypted'}, ${st.compression}`),
-      h('dt', {}, 'Last verify'), h('dd', { id: 'repo-last-verify' }, lv ? h('span', {}, badge(lv.state), ' ', when(lv.finished), ' ', h('a', { href: `#/job/${lv.id}` }, lv.id), lv.error ? ` — ${lv.error.message}` : '') : 'never (by this daemon)'),
+      h('dt', {}, 'Last verify'), h('dd', { id: 'repo-last-verify' }, lv ? h('span', {}, badge(lv.state), lv.result?.ok === false ? h('strong', { class: 'error' }, ' ⚠ damage found') : '', ' ', when(lv.finished), ' ', h('a', { href: `#/job/${lv.id}` }, lv.id), lv.error ? ` — ${lv.error.message}` : '') : 'never (by this daemon)'),
       h('dt', {}, 'Last gc'), h('dd', {}, 'not recorded: the daemon does not run gc; use hyperctl gc'),
     ),
     h('p', {}, h('button', { type: 'button', id: 'verify-all', onclick: async () => {
       alert('');
       try {
-        const job = await api.verify({});
+        const job = await api.verify({ output });
         jobsBox.prepend(jobProgress(api, job, () => void route()));
       } catch (err) {
         alert(message(err));
@@ -732,7 +736,7 @@ async function route(): Promise<void> {
     else if (page === 'vm' && parts[1]) await vmPage(api, parts[1], new URLSearchParams(query).get('output') ?? undefined);
     else if (page === 'jobs') await jobsPage(api, new URLSearchParams(query));
     else if (page === 'job' && parts[1]) await jobPage(api, parts[1]);
-    else if (page === 'repository') await repositoryPage(api);
+    else if (page === 'repository') await repositoryPage(api, new URLSearchParams(query).get('output') ?? undefined);
     else view(h('h1', {}, 'Not found'), h('p', {}, `No page ${location.hash}`));
     document.getElementById('view')!.dataset.loaded = page;
   } catch (err) {
