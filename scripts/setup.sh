@@ -24,6 +24,7 @@ APT_PACKAGES=(
   libvirt-clients             # virsh
   libvirt-dev pkg-config gcc python3-dev
   redis-server          # fleets: the broker of hypervisord --broker and hyperworker (tests start their own)
+  chromium chromium-driver  # the dashboard's browser tests (tests/ui), headless
 )
 if [[ "${1:-}" == --bench ]]; then
   APT_PACKAGES+=(restic borgbackup virtnbdbackup)
@@ -87,5 +88,11 @@ ts=sdk/typescript
 if [[ ! -d $ts/node_modules || $ts/package-lock.json -nt $ts/node_modules ]]; then
   (cd $ts && npm ci --silent --no-audit --no-fund)
   touch $ts/node_modules
+fi
+# The dashboard (src/hypersdk/daemon/ui/app.ts + the SDK) bundled into one app.js that
+# hypervisord serves at /ui/; rebuilt when a source is newer than the bundle.
+ui=src/hypersdk/daemon/ui
+if [[ ! -f $ui/app.js ]] || [[ -n $(find $ui/app.ts $ts/src -newer $ui/app.js -print -quit) ]]; then
+  (cd $ts && npm run --silent build:ui)
 fi
 echo "setup: ready"

@@ -69,6 +69,9 @@ def test_spec_example_flow(hvd: Hypervisord, qsd: QemuStorageDaemon, tmp_path: P
         assert target.read_bytes() == qsd.read(0, qsd.size)
         checked = client.wait_for_export(client.verify(vm=gens[0]["vm"])["id"])
         assert checked["result"]["ok"] is True
+        stats = client.repository_stats()
+        assert stats["generations"] == 2 and stats["chunk_count"] > 0
+        assert stats["last_verify"]["id"] == checked["id"]
         assert "hypersdk_jobs_total" in client.metrics()
 
         assert client.disable_cbt(qsd.locator)["success"] is True

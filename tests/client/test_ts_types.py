@@ -47,6 +47,7 @@ RESPONSES = {
     "PolicyRunList": "PolicyRunList",
     "PolicyVm": "PolicyVm",
     "RetentionRules": "RetentionRules",
+    "RepositoryStats": "RepositoryStats",
 }
 # Request bodies: the options interface (camelCase fields) and the fields the client
 # takes as method arguments instead.

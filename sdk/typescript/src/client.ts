@@ -31,6 +31,7 @@ import {
   type PolicyOptions,
   type PolicyRun,
   type PolicyRunList,
+  type RepositoryStats,
   type RestoreJob,
   type RestoreOptions,
   type ServeSession,
@@ -148,7 +149,9 @@ export class HyperSDK {
     if (typeof f !== 'function') {
       throw new TypeError('HyperSDK: no global fetch (Node 18+ has one); pass options.fetch');
     }
-    this.fetchImpl = f;
+    // Called as a plain function: a browser's fetch throws "Illegal invocation" when
+    // called as a method of another object (this client).
+    this.fetchImpl = (input, init) => f.call(globalThis, input, init);
   }
 
   // ----------------------------------------------------------------------- CBT
@@ -294,6 +297,12 @@ export class HyperSDK {
   async listGenerations(output?: string, vm?: string): Promise<Generation[]> {
     const doc = await this.request<GenerationList>('GET', '/generations', { query: { output, vm } });
     return doc.generations;
+  }
+
+  /** `GET /repository`: size, chunk count, dedup ratio and last verification of a
+   * repository (`output` defaults to the daemon's). */
+  repositoryStats(output?: string): Promise<RepositoryStats> {
+    return this.request('GET', '/repository', { query: { output } });
   }
 
   /** `POST /restores`: start a restore job (202). */

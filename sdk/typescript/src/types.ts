@@ -272,6 +272,26 @@ export interface GenerationList {
   generations: Generation[];
 }
 
+/** `GET /repository`: one listing of the chunk store, no chunk read. */
+export interface RepositoryStats {
+  /** The repository (resolved). */
+  output: string;
+  encrypted: boolean;
+  compression: string;
+  vms: number;
+  generations: number;
+  chunk_count: number;
+  /** Bytes of all chunk objects (after compression). */
+  stored_bytes: number;
+  /** Sum of every generation's disk sizes. */
+  logical_bytes: number;
+  /** `logical_bytes / stored_bytes`; null while nothing is stored. */
+  dedup_ratio: number | null;
+  /** The newest finished verification job. */
+  last_verify: Job<VerifyResult> | null;
+  [field: string]: unknown;
+}
+
 /** A generation's disk served over NBD by the daemon (instant access). */
 export interface ServeSession {
   id: string;

@@ -251,6 +251,19 @@ describe('HyperSDK against a live hypervisord (QEMU source)', { timeout: 300_000
     assert.ok(existsSync(to));
   });
 
+  it('repositoryStats: sizes, chunk count, dedup ratio and the last verification', async () => {
+    const st = await client.repositoryStats(repo);
+    assert.equal(st.output, repo);
+    assert.equal(st.vms, 1);
+    assert.equal(st.generations, 2);
+    assert.equal(st.logical_bytes, 2 * 64 * MiB); // two generations of a 64 MiB disk
+    assert.ok(st.chunk_count > 0 && st.stored_bytes > 0 && st.stored_bytes < 64 * MiB);
+    assert.equal(st.dedup_ratio, Math.round((st.logical_bytes / st.stored_bytes) * 1000) / 1000);
+    assert.equal(st.last_verify?.kind, 'verify');
+    assert.equal(st.last_verify?.state, 'succeeded');
+    assert.equal(st.last_verify?.result?.ok, true);
+  });
+
   it('serve sessions: start, read over NBD, list, stop', async () => {
     const session = await client.startServeSession({ output: repo, vm: vmId });
     assert.equal(session.vm, vmId);

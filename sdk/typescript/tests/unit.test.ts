@@ -349,6 +349,41 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
     });
   });
 
+  describe('dashboard needs', () => {
+    it('repositoryStats(): GET /repository with the output as a query', async () => {
+      const stats = {
+        output: '/r',
+        encrypted: false,
+        compression: 'zstd',
+        vms: 2,
+        generations: 3,
+        chunk_count: 10,
+        stored_bytes: 4096,
+        logical_bytes: 65536,
+        dedup_ratio: 16,
+        last_verify: null,
+      };
+      server.reset((_req, res) => json(res, 200, stats));
+      assert.deepEqual(await client.repositoryStats(), stats);
+      assert.equal(server.last.method, 'GET');
+      assert.equal(server.last.path, '/repository');
+      assert.equal(server.last.query.get('output'), null);
+      await client.repositoryStats('/other');
+      assert.equal(server.last.query.get('output'), '/other');
+    });
+
+    it('calls fetch as a plain function, as a browser requires', async () => {
+      // A browser's fetch throws "Illegal invocation" unless `this` is the window (or unset).
+      const strict = function (this: unknown, input: string | URL | Request, init?: RequestInit) {
+        if (this !== undefined && this !== globalThis) throw new TypeError('Illegal invocation');
+        return fetch(input, init);
+      } as typeof fetch;
+      server.reset((_req, res) => json(res, 200, { status: 'ok', version: '0' }));
+      const c = new HyperSDK(server.url, { token: 't', fetch: strict });
+      assert.deepEqual(await c.health(), { status: 'ok', version: '0' });
+    });
+  });
+
   describe('service', () => {
     it('health and metrics', async () => {
       server.reset((r, res) => {

@@ -151,6 +151,11 @@ class AsyncHyperSDK:
         result: list[dict[str, Any]] = await self._send(c.list_generations(output, vm))
         return result
 
+    async def repository_stats(self, output: str | None = None) -> dict[str, Any]:
+        """``GET /repository``: size, chunk count, dedup ratio and last verification."""
+        result: dict[str, Any] = await self._send(c.repository_stats(output))
+        return result
+
     async def restore(
         self,
         vm: str,

@@ -89,6 +89,10 @@ def list_generations(output: str | None, vm: str | None) -> Call:
     )
 
 
+def repository_stats(output: str | None) -> Call:
+    return Call("GET", "/repository", params=_drop_none(output=output))
+
+
 def restore(**fields: Any) -> Call:
     return Call("POST", "/restores", _drop_none(**fields))
 

@@ -147,6 +147,11 @@ class HyperSDK:
         result: list[dict[str, Any]] = self._send(c.list_generations(output, vm))
         return result
 
+    def repository_stats(self, output: str | None = None) -> dict[str, Any]:
+        """``GET /repository``: size, chunk count, dedup ratio and last verification."""
+        result: dict[str, Any] = self._send(c.repository_stats(output))
+        return result
+
     def restore(
         self,
         vm: str,

@@ -16,6 +16,8 @@ from hypersdk.daemon import (
     routes_repository,
     routes_serve,
     routes_service,
+    routes_stats,
+    routes_ui,
 )
 from hypersdk.daemon.auth import TokenAuth
 from hypersdk.daemon.config import DaemonConfig
@@ -102,7 +104,7 @@ def create_app(config: DaemonConfig, token: str | None = None) -> FastAPI:
     app.state.policies = scheduler
     errors.install(app)
     routes = (routes_service, routes_cbt, routes_exports, routes_repository, routes_serve)
-    for module in (*routes, routes_policies):
+    for module in (*routes, routes_policies, routes_stats, routes_ui):
         app.include_router(module.router)
     # Added innermost first: a request meets LoopbackHost, TokenAuth, EventStreamLimit,
     # BodyGuard, then the route.

@@ -1,4 +1,6 @@
-"""Bearer-token check for every route but ``/health`` (pure ASGI: it also guards
+"""Bearer-token check for every route but ``/health`` and the dashboard's static files
+under ``/ui/`` (routes_ui.py; a path is matched whole, so ``/ui/../x`` reaches no API
+route) (pure ASGI: it also guards
 /openapi.json and streaming responses). The daemon always has a token (configured, or
 made in ``<state dir>/api-token``); the comparison is constant-time."""
 
@@ -10,7 +12,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hypersdk.daemon.guards import send_error
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ui"})
+# The dashboard's static files: they hold no data; every call the page makes needs the token.
+OPEN_PREFIX = "/ui/"
 
 
 class TokenAuth:
@@ -21,7 +25,8 @@ class TokenAuth:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIX):
             await self.app(scope, receive, send)
             return
         given = b""

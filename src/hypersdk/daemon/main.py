@@ -13,6 +13,9 @@ address needs --tls-cert and --tls-key. Contract: docs/api.md.
 
 With --broker, jobs run on hyperworker processes through a Celery queue on Redis, and
 the daemon follows them (docs/fleet.md); without it they run in this process.
+
+At start it prints a sign-in link to the dashboard (/ui/) on stderr, the token in its
+fragment, as Jupyter does: stderr is the operator's, so keep it out of shared logs.
 """
 
 from __future__ import annotations
@@ -103,6 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HyperSDKError as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
         return 1
+    # As Jupyter does: a link that signs the browser in (the token rides in the URL's
+    # fragment, which the browser keeps to itself). On stderr: the operator's terminal.
+    from hypersdk.daemon.routes_ui import sign_in_url
+
+    scheme = "https" if config.tls_cert else "http"
+    host = f"[{config.listen}]" if ":" in config.listen else config.listen
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    sys.stderr.write(
+        f"{PROG}: dashboard: {sign_in_url(f'{scheme}://{host}:{config.port}', token)}\n"
+    )
+    sys.stderr.flush()
     uvicorn.run(
         app,
         host=config.listen,
