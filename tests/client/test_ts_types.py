@@ -55,6 +55,7 @@ REQUESTS = {
     "ExportCreate": ("ExportOptions", {"vm_path"}),
     "RestoreCreate": ("RestoreOptions", set()),
     "VerifyCreate": ("VerifyOptions", set()),
+    "GcCreate": ("GcOptions", set()),
     "ServeSessionCreate": ("ServeSessionOptions", set()),
     "PolicyCreate": ("PolicyOptions", set()),  # snake_case: the policies file's fields
 }

@@ -462,6 +462,14 @@ def test_repository_page(browser: Any, lab: Lab) -> None:
         lambda d: "succeeded" in d.find_element(By.ID, "repo-last-verify").text,
         "the verification to finish and show",
     )
+    assert browser.find_element(By.ID, "repo-last-gc").text.startswith("never")
+    browser.find_element(By.ID, "gc").click()
+    wait(
+        browser,
+        lambda d: "succeeded" in d.find_element(By.ID, "repo-last-gc").text,
+        "the gc to finish and show",
+    )
+    assert "freed" in browser.find_element(By.ID, "repo-last-gc").text
     shot(browser, lab, "repository")
 
 

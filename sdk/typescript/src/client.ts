@@ -40,6 +40,8 @@ import {
   type StreamOptions,
   type VerifyJob,
   type VerifyOptions,
+  type GcJob,
+  type GcOptions,
   type WaitOptions,
 } from './types.js';
 
@@ -326,6 +328,13 @@ export class HyperSDK {
   verify(options: VerifyOptions = {}): Promise<VerifyJob> {
     return this.request('POST', '/verifications', {
       body: { output: options.output, vm: options.vm, generation: options.generation },
+    });
+  }
+
+  /** `POST /gc`: start a gc job (202); `result` is `hyperctl gc --json`'s object. */
+  gc(options: GcOptions = {}): Promise<GcJob> {
+    return this.request('POST', '/gc', {
+      body: { output: options.output, dry_run: options.dryRun },
     });
   }
 

@@ -81,7 +81,7 @@ export interface IncrementalAnalysis {
 
 // --------------------------------------------------------------------------- Jobs
 
-export type JobKind = 'export' | 'restore' | 'verify';
+export type JobKind = 'export' | 'restore' | 'verify' | 'gc';
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 /** States a job never leaves. */
 export const TERMINAL_JOB_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];
@@ -180,7 +180,18 @@ export interface VerifyResult {
   [field: string]: unknown;
 }
 
-export type JobResult = ExportResult | RestoreResult | RestoreIntoResult | VerifyResult;
+/** A gc job's `result`: `hyperctl gc --json`'s object. */
+export interface GcResult {
+  dry_run: boolean;
+  chunks_kept: number;
+  chunks_removed: number;
+  bytes_removed: number;
+  indexes_removed: number;
+  temp_files_removed: number;
+  [field: string]: unknown;
+}
+
+export type JobResult = ExportResult | RestoreResult | RestoreIntoResult | VerifyResult | GcResult;
 
 /** An export, restore or verification run by the daemon. */
 export interface Job<R = JobResult> {
@@ -211,6 +222,7 @@ export interface Job<R = JobResult> {
 export type ExportJob = Job<ExportResult>;
 export type RestoreJob = Job<RestoreResult | RestoreIntoResult>;
 export type VerifyJob = Job<VerifyResult>;
+export type GcJob = Job<GcResult>;
 
 /** `GET /exports` */
 export interface JobList {
@@ -289,6 +301,8 @@ export interface RepositoryStats {
   dedup_ratio: number | null;
   /** The newest finished verification job. */
   last_verify: Job<VerifyResult> | null;
+  /** The newest finished gc job. */
+  last_gc: Job<GcResult> | null;
   [field: string]: unknown;
 }
 
@@ -500,6 +514,13 @@ export interface VerifyOptions {
   output?: string;
   vm?: string;
   generation?: string;
+}
+
+/** `gc` options (`POST /gc`). */
+export interface GcOptions {
+  output?: string;
+  /** Only count what gc would remove. */
+  dryRun?: boolean;
 }
 
 /** `startServeSession` options (`POST /serve-sessions`). */

@@ -327,6 +327,12 @@ describe('HyperSDK (unit, fake daemon)', { timeout: 60_000 }, () => {
       assert.equal(v.kind, 'verify');
       await client.verify();
       assert.deepEqual(server.last.json, {});
+      await client.gc({ output: '/backups/repo', dryRun: true });
+      assert.equal(server.last.method, 'POST');
+      assert.equal(server.last.path, '/gc');
+      assert.deepEqual(server.last.json, { output: '/backups/repo', dry_run: true });
+      await client.gc();
+      assert.deepEqual(server.last.json, {});
     });
 
     it('listGenerations sends output and vm and unwraps generations', async () => {

@@ -196,6 +196,11 @@ class AsyncHyperSDK:
         )
         return result
 
+    async def gc(self, output: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Start a gc job; its ``result`` is ``hyperctl gc --json``'s object."""
+        result: dict[str, Any] = await self._send(c.gc(output=output, dry_run=dry_run or None))
+        return result
+
     # -- serve sessions (instant access over NBD) ------------------------------------------
 
     async def start_serve_session(

@@ -101,6 +101,10 @@ def verify(**fields: Any) -> Call:
     return Call("POST", "/verifications", _drop_none(**fields))
 
 
+def gc(**fields: Any) -> Call:
+    return Call("POST", "/gc", _drop_none(**fields))
+
+
 def _session_path(session_id: str) -> str:
     if not session_id:
         raise ValueError("session id is empty")

@@ -190,6 +190,11 @@ class HyperSDK:
         result: dict[str, Any] = self._send(c.verify(output=output, vm=vm, generation=generation))
         return result
 
+    def gc(self, output: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Start a gc job; its ``result`` is ``hyperctl gc --json``'s object."""
+        result: dict[str, Any] = self._send(c.gc(output=output, dry_run=dry_run or None))
+        return result
+
     # -- serve sessions (instant access over NBD) ------------------------------------------
 
     def start_serve_session(

@@ -31,6 +31,7 @@ from hypersdk.daemon.jobs import ACTIVE, Job, JobState, JobStore, now_iso
 from hypersdk.daemon.runner import (
     CANCEL_WAIT,
     ExportSpec,
+    GcSpec,
     JobContext,
     JobSpec,
     RestoreSpec,
@@ -143,7 +144,8 @@ def redis_client(url: str) -> Any:
 
 
 def spec_to_json(spec: JobSpec) -> dict[str, Any]:
-    kind = {ExportSpec: "export", RestoreSpec: "restore", VerifySpec: "verify"}[type(spec)]
+    kinds = {ExportSpec: "export", RestoreSpec: "restore", VerifySpec: "verify", GcSpec: "gc"}
+    kind = kinds[type(spec)]
     return {"kind": kind, **dataclasses.asdict(spec)}
 
 
@@ -155,6 +157,8 @@ def spec_from_json(doc: Mapping[str, Any]) -> JobSpec:
         return RestoreSpec(**fields)
     if doc["kind"] == "verify":
         return VerifySpec(**fields)
+    if doc["kind"] == "gc":
+        return GcSpec(**fields)
     raise UsageError(f"unknown job kind {doc['kind']!r}")
 
 

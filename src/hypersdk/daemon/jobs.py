@@ -33,6 +33,7 @@ class JobKind(StrEnum):
     EXPORT = "export"
     RESTORE = "restore"
     VERIFY = "verify"
+    GC = "gc"
 
 
 class JobState(StrEnum):

@@ -217,6 +217,11 @@ class VerifyCreate(_Request):
     generation: str | None = _name(None, "generation id or 'latest' (needs vm)")
 
 
+class GcCreate(_Request):
+    output: str | None = _output()
+    dry_run: bool = Field(default=False, description="only count what gc would remove")
+
+
 class Job(BaseModel):
     id: str
     kind: JobKind

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Depends, Query
 
 from hypersdk.daemon import jobs
 from hypersdk.daemon.models import (
+    GcCreate,
     GenerationList,
     Job,
     RestoreCreate,
     VerifyCreate,
 )
 from hypersdk.daemon.responses import ERRORS
-from hypersdk.daemon.runner import prepare_restore, prepare_verify
+from hypersdk.daemon.runner import GcSpec, prepare_restore, prepare_verify
 from hypersdk.daemon.state import Daemon, daemon
 from hypersdk.engine import catalog
 from hypersdk.repository.repository import Repository
@@ -69,6 +70,15 @@ def create_restore(body: RestoreCreate, d: Dep) -> jobs.Job:
         password=d.config.repository_password,
     )
     return d.runner.submit_restore(spec)
+
+
+@router.post("/gc", response_model=Job, status_code=202)
+def create_gc(body: GcCreate, d: Dep) -> jobs.Job:
+    """``hyperctl gc`` as a job; the repository is opened (and unlocked) first, so a
+    wrong folder or password answers at once."""
+    output = d.output(body.output)
+    Repository.open(output, password=d.config.repository_password)
+    return d.runner.submit_gc(GcSpec(output, body.dry_run))
 
 
 @router.post("/verifications", response_model=Job, status_code=202)

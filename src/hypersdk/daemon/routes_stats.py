@@ -35,6 +35,7 @@ class RepositoryStats(BaseModel):
         description="logical_bytes / stored_bytes; null while nothing is stored"
     )
     last_verify: Job | None = Field(description="the newest finished verification job")
+    last_gc: Job | None = Field(description="the newest finished gc job")
 
 
 @router.get("/repository", response_model=RepositoryStats)
@@ -62,12 +63,13 @@ def repository_stats(
         "stored_bytes": stored,
         "logical_bytes": logical,
         "dedup_ratio": round(logical / stored, 3) if stored else None,
-        "last_verify": _last_verify(d, location),
+        "last_verify": _last_job(d, location, JobKind.VERIFY),
+        "last_gc": _last_job(d, location, JobKind.GC),
     }
 
 
-def _last_verify(d: Daemon, location: str) -> dict[str, Any] | None:
-    for job in d.store.find(kind=JobKind.VERIFY, limit=RECENT_JOBS):
+def _last_job(d: Daemon, location: str, kind: JobKind) -> dict[str, Any] | None:
+    for job in d.store.find(kind=kind, limit=RECENT_JOBS):
         if job.output == location and job.done:
             return job.to_json()
     return None

@@ -1,4 +1,4 @@
-"""Worker threads that run jobs: exports, restores and verifications.
+"""Worker threads that run jobs: exports, restores, verifications and gc.
 
 At most ``max_concurrent_exports`` jobs run at once; the rest wait ``queued``. Only one
 export per VM may be queued or running (a second one is a ConflictError); the VM is
@@ -28,6 +28,7 @@ from hypersdk.engine.restore_into import prepare_into, run_into
 from hypersdk.errors import ConflictError, ExportCancelled, HyperSDKError, UsageError
 from hypersdk.providers.base import Provider
 from hypersdk.providers.factory import check_exists, export_key, open_provider
+from hypersdk.repository.gc import collect_garbage
 from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.verify import select_with_damage, verify
@@ -76,7 +77,13 @@ class VerifySpec:
     generation: str | None
 
 
-JobSpec = ExportSpec | RestoreSpec | VerifySpec
+@dataclass(frozen=True)
+class GcSpec:
+    output: str
+    dry_run: bool = False
+
+
+JobSpec = ExportSpec | RestoreSpec | VerifySpec | GcSpec
 
 
 class JobSink(Protocol):
@@ -165,6 +172,12 @@ class Runner:
         with self._lock:
             job = self.store.add(Job.new(JobKind.VERIFY, spec.vm, spec.output))
             self._start(job.id, lambda ctx: self._run_verify(ctx, spec), spec)
+        return job
+
+    def submit_gc(self, spec: GcSpec) -> Job:
+        with self._lock:
+            job = self.store.add(Job.new(JobKind.GC, None, spec.output))
+            self._start(job.id, lambda ctx: self.work.gc(ctx, spec), spec)
         return job
 
     def _start(
@@ -276,6 +289,8 @@ class JobWork:
             return self.export(ctx, spec)
         if isinstance(spec, RestoreSpec):
             return self.restore(ctx, spec)
+        if isinstance(spec, GcSpec):
+            return self.gc(ctx, spec)
         return self.verify(ctx, spec)
 
     def export(self, ctx: JobContext, spec: ExportSpec) -> dict[str, Any]:
@@ -337,6 +352,17 @@ class JobWork:
         report = verify(repo, manifests, cancel=ctx.cancel, damaged=damaged)
         ctx.update(bytes_done=report.bytes_checked)
         return {"ok": report.ok, **asdict(report)}
+
+    def gc(self, ctx: JobContext, spec: GcSpec) -> dict[str, Any]:
+        """``hyperctl gc`` as a job; its result is ``hyperctl gc --json``'s object."""
+        repo = Repository.open(spec.output, password=self.config.repository_password)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            ctx.update(phase="marking" if phase == "mark" else "sweeping")
+
+        report = collect_garbage(repo, dry_run=spec.dry_run, progress=progress)
+        ctx.update(bytes_done=report.bytes_removed)
+        return {"dry_run": spec.dry_run, **asdict(report)}
 
 
 # -- checks done before a job is accepted (so that mistakes answer 404/422 at once) --

@@ -672,6 +672,7 @@ async function repositoryPage(api: HyperSDK, output: string | undefined): Promis
   const st = await api.repositoryStats(output);
   const jobsBox = h('div', { id: 'repo-jobs' });
   const lv = st.last_verify;
+  const lg = st.last_gc;
   view(
     h('h1', {}, 'Repository'),
     h('dl', { id: 'repo-stats' },
@@ -683,7 +684,7 @@ async function repositoryPage(api: HyperSDK, output: string | undefined): Promis
       h('dt', {}, 'VMs / generations'), h('dd', {}, `${st.vms} / ${st.generations}`),
       h('dt', {}, 'Encryption, compression'), h('dd', {}, `${st.encrypted ? 'encrypted' : 'not encrypted'}, ${st.compression}`),
       h('dt', {}, 'Last verify'), h('dd', { id: 'repo-last-verify' }, lv ? h('span', {}, badge(lv.state), lv.result?.ok === false ? h('strong', { class: 'error' }, ' ⚠ damage found') : '', ' ', when(lv.finished), ' ', h('a', { href: `#/job/${lv.id}` }, lv.id), lv.error ? ` — ${lv.error.message}` : '') : 'never (by this daemon)'),
-      h('dt', {}, 'Last gc'), h('dd', {}, 'not recorded: the daemon does not run gc; use hyperctl gc'),
+      h('dt', {}, 'Last gc'), h('dd', { id: 'repo-last-gc' }, lg ? h('span', {}, badge(lg.state), ' ', when(lg.finished), lg.result ? ` — ${bytes(Number(lg.result.bytes_removed))} freed` : '', ' ', h('a', { href: `#/job/${lg.id}` }, lg.id), lg.error ? ` — ${lg.error.message}` : '') : 'never (by this daemon)'),
     ),
     h('p', {}, h('button', { type: 'button', id: 'verify-all', onclick: async () => {
       alert('');
@@ -693,7 +694,15 @@ async function repositoryPage(api: HyperSDK, output: string | undefined): Promis
       } catch (err) {
         alert(message(err));
       }
-    } }, 'Verify every generation')),
+    } }, 'Verify every generation'), ' ', h('button', { type: 'button', id: 'gc', onclick: async () => {
+      alert('');
+      try {
+        const job = await api.gc({ output });
+        jobsBox.prepend(jobProgress(api, job, () => void route()));
+      } catch (err) {
+        alert(message(err));
+      }
+    } }, 'Collect garbage (gc)')),
     jobsBox,
   );
 }
