@@ -48,11 +48,12 @@ from hypersdk.errors import (
     UsageError,
 )
 from hypersdk.nbd import NbdPool
-from hypersdk.providers.base import Extent, FrozenDisk
+from hypersdk.providers.base import FrozenDisk
 from hypersdk.providers.cleanup import CleanupStack
 from hypersdk.providers.libvirt import _connect, _domain
 from hypersdk.providers.libvirt._connect import calling
 from hypersdk.providers.qemu import _checkpoints, _extents, _stale, _tools
+from hypersdk.providers.qemu import _session as _qemu_session
 from hypersdk.providers.qemu._session import _SessionBase
 
 log = logging.getLogger(__name__)
@@ -74,38 +75,23 @@ class Target:
     disks: list[_domain.Disk]
 
 
-def _connect_nbd(uri: str, export: str, bitmap: str, connections: int = 4) -> NbdPool:
-    contexts = [_extents.BASE_ALLOCATION]
-    if bitmap:
-        contexts.append(_extents.bitmap_context(bitmap))
+def _connect_nbd(uri: str, export: str, bitmap: str) -> NbdPool:
+    """The QEMU session's connections (base:allocation and the bitmap's context)."""
     try:
-        client = NbdPool.connect(
-            uri, export_name=export, meta_contexts=tuple(contexts), connections=connections
-        )
+        return _qemu_session._connect_nbd(uri, export, bitmap)
     except OSError as err:
         raise NbdError(f"cannot connect to {uri} export {export}: {err}") from err
-    missing = [c for c in contexts if c not in client.meta_contexts]
-    if missing:
-        client.close()
-        raise NbdError(f"NBD export {export} does not offer {', '.join(missing)}")
-    return client
 
 
 def _frozen(
     disk: _domain.Disk, client: NbdPool, change_id: str, bitmap: str, audit: bool
 ) -> FrozenDisk:
-    reported: list[Extent] | None = None
     try:
         if client.size != disk.capacity:
             raise ProviderError(
                 f"disk {disk.key}: export size {client.size} != capacity {disk.capacity}"
             )
-        if bitmap:
-            changed = _extents.changed(client, bitmap, disk.capacity)
-            if audit:
-                reported, changed = changed, _extents.allocation(client, disk.capacity)
-        else:
-            changed = _extents.allocation(client, disk.capacity)
+        changed, reported = _extents.session_extents(client, disk.capacity, bitmap, audit)
     except OSError as err:
         raise NbdError(f"disk {disk.key}: reading block status failed: {err}") from err
     return FrozenDisk(

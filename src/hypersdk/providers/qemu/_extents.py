@@ -100,5 +100,20 @@ def changed(source: BlockStatusSource, bitmap: str, size: int) -> list[Extent]:
     return out
 
 
+def session_extents(
+    source: BlockStatusSource, size: int, bitmap: str | None, audit: bool = False
+) -> tuple[list[Extent], list[Extent] | None]:
+    """(changed, reported) of a backup session's export, as ``FrozenDisk`` holds them:
+    the dirty extents since ``bitmap`` (an incremental) or the allocated ones (a full);
+    with ``audit`` and a bitmap, the allocated ones in ``changed`` and the dirty ones in
+    ``reported`` (the CBT audit)."""
+    if not bitmap:
+        return allocation(source, size), None
+    since = changed(source, bitmap, size)
+    if audit:
+        return allocation(source, size), since
+    return since, None
+
+
 def dirty_bytes(source: BlockStatusSource, bitmap: str, size: int) -> int:
     return sum(length for _, length in dirty(source, bitmap, size))

@@ -75,18 +75,12 @@ def _connect_nbd(uri: str, export: str, bitmap: str | None, connections: int = 4
 def _snapshot(
     disk: QemuDisk, client: NbdPool, change_id: str, bitmap: str | None, audit: bool = False
 ) -> FrozenDisk:
-    reported = None
     try:
         if client.size != disk.capacity:
             raise ProviderError(
                 f"disk {disk.key}: export size {client.size} != capacity {disk.capacity}"
             )
-        if bitmap:
-            changed = _extents.changed(client, bitmap, disk.capacity)
-        if bitmap and audit:
-            reported, changed = changed, _extents.allocation(client, disk.capacity)
-        elif not bitmap:
-            changed = _extents.allocation(client, disk.capacity)
+        changed, reported = _extents.session_extents(client, disk.capacity, bitmap, audit)
     except OSError as err:
         raise NbdError(f"disk {disk.key}: reading block status failed: {err}") from err
     return FrozenDisk(
