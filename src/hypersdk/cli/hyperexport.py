@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ from hypersdk.providers.connection import VsphereSettings
 from hypersdk.providers.factory import LIBVIRT_PREFIX, is_qemu_locator, open_provider
 from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Repository
-from hypersdk.repository.storage import is_url
+from hypersdk.repository.storage import absolute_location
 from hypersdk.state.history import History
 
 PROG = "hyperexport"
@@ -295,7 +294,7 @@ def export_request(args: argparse.Namespace) -> ExportRequest:
             level = int(text)
     try:
         return ExportRequest(
-            output=args.output if is_url(args.output) else os.path.abspath(args.output),
+            output=absolute_location(args.output),
             incremental=args.incremental,
             force_full=args.force_full,
             audit=args.audit,

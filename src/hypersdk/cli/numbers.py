@@ -15,6 +15,8 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from hypersdk.engine.request import size_text
+from hypersdk.engine.retention import parse_duration
+from hypersdk.errors import UsageError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # Digits with an optional decimal part, then an optional unit: "4096", "64K", "1.5M", "1GiB".
@@ -46,6 +48,15 @@ def size_in(lo: int, hi: int) -> Callable[[str], int]:
         return n
 
     return read
+
+
+def duration(text: str) -> str:
+    """A retention-style duration (``7d``, ``26h``, ``1y6m``), checked and kept as text."""
+    try:
+        parse_duration(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from hypersdk.cli.commands import show_repository_warnings
 from hypersdk.cli.output import human_bytes, print_json, progress_bar
@@ -11,7 +10,7 @@ from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.copy import copy_generations, select
 from hypersdk.repository.keys import ENV_PASSWORD, Password
 from hypersdk.repository.repository import Repository
-from hypersdk.repository.storage import is_url
+from hypersdk.repository.storage import absolute_location
 
 ENV_FROM_PASSWORD = "HYPERSDK_FROM_PASSWORD"
 
@@ -41,18 +40,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
-def _location(text: str) -> str:
-    return text if is_url(text) else os.path.abspath(text)
-
-
 def run(args: argparse.Namespace) -> int:
     show_repository_warnings()
     source_password = Password(file=args.from_password_file, env=ENV_FROM_PASSWORD, prompt=True)
     if not source_password.given() and not args.from_password_file:
         source_password = Password(prompt=True)  # one password for both is common
-    source = Repository.open(_location(args.source), password=source_password)
+    source = Repository.open(absolute_location(args.source), password=source_password)
     target = Repository.open_or_init(
-        _location(args.target),
+        absolute_location(args.target),
         block_size=source.config.block_size,
         password=password_from(args),
     )

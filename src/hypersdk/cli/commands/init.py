@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from hypersdk.cli.numbers import size_in
 from hypersdk.cli.output import print_json
@@ -16,7 +15,7 @@ from hypersdk.repository.repository import (
     MIN_BLOCK_SIZE,
     Repository,
 )
-from hypersdk.repository.storage import is_url
+from hypersdk.repository.storage import absolute_location
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    root = args.output if is_url(args.output) else os.path.abspath(args.output)
+    root = absolute_location(args.output)
     if Repository.exists(root):
         raise UsageError(f"{root} is a repository already")
     password: Password | None = None

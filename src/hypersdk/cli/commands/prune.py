@@ -8,24 +8,16 @@ import sys
 from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
-from hypersdk.cli.numbers import int_in
+from hypersdk.cli.numbers import duration, int_in
 from hypersdk.cli.output import human_bytes, print_json, print_table
 from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.prune import PruneItem, PruneReport, prune
-from hypersdk.engine.retention import Retention, parse_duration
+from hypersdk.engine.retention import Retention
 from hypersdk.repository.repository import Repository
 from hypersdk.state.history import History
 
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 MAX_KEEP = 1_000_000
-
-
-def _duration(text: str) -> str:
-    try:
-        parse_duration(text)
-    except Exception as err:  # UsageError: argparse turns ValueError into a usage line
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         )
     p.add_argument(
         "--keep-within",
-        type=_duration,
+        type=duration,
         default=None,
         metavar="DURATION",
         help="keep every generation within DURATION of the newest (e.g. 7d, 2w, 1y6m, 12h)",

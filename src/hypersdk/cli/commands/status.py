@@ -13,21 +13,14 @@ from typing import Any
 from rich.table import Table
 
 from hypersdk.cli.commands import show_repository_warnings
+from hypersdk.cli.numbers import duration
 from hypersdk.cli.output import print_json, print_table
 from hypersdk.cli.password import add_password_flag, password_from
 from hypersdk.engine.catalog import list_generations, summaries
-from hypersdk.engine.retention import parse_duration, subtract
+from hypersdk.engine.retention import subtract
 from hypersdk.repository.repository import Repository
 
 DEFAULT_MAX_AGE = "1d"
-
-
-def _duration(text: str) -> str:
-    try:
-        parse_duration(text)
-    except Exception as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--output", required=True, help="the repository folder")
     p.add_argument(
         "--max-age",
-        type=_duration,
+        type=duration,
         default=None,
         metavar="DURATION",
         help=f"a VM whose last generation is older is stale (default {DEFAULT_MAX_AGE}; "

@@ -10,12 +10,18 @@ from pathlib import Path
 
 from hypersdk.repository.storage.base import ChunkSink, ObjectInfo, Storage
 
-__all__ = ["ChunkSink", "ObjectInfo", "Storage", "is_url", "open_storage"]
+__all__ = ["ChunkSink", "ObjectInfo", "Storage", "absolute_location", "is_url", "open_storage"]
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` names object storage rather than a local folder."""
     return isinstance(location, str) and location.startswith("s3://")
+
+
+def absolute_location(location: str) -> str:
+    """What a user typed as ``--output``, made independent of the working directory: a
+    URL as it is, a path absolute (job records and the export history keep it)."""
+    return location if is_url(location) else os.path.abspath(location)
 
 
 def open_storage(location: str | os.PathLike[str]) -> Storage:
