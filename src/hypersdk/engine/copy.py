@@ -105,14 +105,21 @@ def copy_generations(
             f"{target.location} {target.config.block_size}-byte ones: a copy needs the same"
         )
     report = CopyReport(source.location, target.location)
+    by_vm: dict[str, list[Manifest]] = {}
+    for m in manifests:
+        by_vm.setdefault(m.vm_id, []).append(m)  # each VM's stay oldest first
     with source.reader():
-        for m in manifests:
-            with target.writer(m.vm_id):
-                have = {g.id for g in target.generations(m.vm_id)}
-                if m.id in have:
-                    report.generations.append(CopiedGeneration(m.vm_id, m.id, copied=False))
-                    continue
-                report.generations.append(_copy_one(source, target, m, progress, cancel))
+        for vm_id, gens in by_vm.items():
+            # One writer lock and one listing of the target per VM: reading its
+            # manifests again for every generation would cost a GET each on S3.
+            with target.writer(vm_id):
+                have = {g.id for g in target.generations(vm_id)}
+                for m in gens:
+                    if m.id in have:
+                        done = CopiedGeneration(vm_id, m.id, copied=False)
+                    else:
+                        done = _copy_one(source, target, m, progress, cancel)
+                    report.generations.append(done)
     return report
 
 
