@@ -112,8 +112,9 @@ def _one(hits: Sequence[VmEntry], name: str, kind: str) -> str:
 
 def list_generations(repo: Repository, vm: str | None = None) -> list[Manifest]:
     """The readable generations of one VM (any name of it) or of every VM, oldest first."""
-    ids = [resolve_vm(repo, vm)] if vm is not None else repo.vm_ids()
-    return sorted((m for i in ids for m in repo.generations(i)), key=lambda m: (m.created, m.id))
+    if vm is None:
+        return repo.all_generations()
+    return repo.generations(resolve_vm(repo, vm))
 
 
 def summaries(gens: list[Manifest]) -> list[dict[str, Any]]:

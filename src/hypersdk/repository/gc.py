@@ -43,7 +43,7 @@ def collect_garbage(
     report = GcReport()
     store = repo.storage
     with repo.exclusive():
-        damaged = repo.damaged()
+        manifests, damaged = repo.scan()
         if damaged:
             b = damaged[0]
             raise RepositoryError(
@@ -51,7 +51,6 @@ def collect_garbage(
                 f"damaged ({b.problem}); run hyperctl verify"
             )
         live_index_dirs: set[str] = set()
-        manifests = [m for vm_id in repo.vm_ids() for m in repo.generations(vm_id)]
         with MarkSet(_spill_folder(repo)) as marks:
             for done, m in enumerate(manifests, 1):
                 live_index_dirs.add(Keys.index_dir(m.vm_id, m.id))

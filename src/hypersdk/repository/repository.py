@@ -341,6 +341,25 @@ class Repository:
                     b.problem,
                 )
 
+    def scan(self) -> tuple[list[Manifest], list[BadManifest]]:
+        """Every VM folder read once: (readable generations, oldest first; damaged
+        manifests). For callers that need both, or all generations: each manifest is
+        one read (a GET on S3), so reading them once per question adds up."""
+        good: list[Manifest] = []
+        bad: list[BadManifest] = []
+        for folder in self.storage.folders(Keys.vms):
+            g, b = self._scan(folder)
+            good += g
+            bad += b
+        return sorted(good, key=lambda m: (m.created, m.id)), bad
+
+    def all_generations(self) -> list[Manifest]:
+        """Every readable generation of every VM, oldest first; damaged manifests are
+        skipped with a logged warning (see ``damaged``)."""
+        good, bad = self.scan()
+        self._warn(bad)
+        return good
+
     def vm_ids(self) -> list[str]:
         """Ids of the VMs with at least one readable generation (read from manifests)."""
         ids: set[str] = set()
@@ -366,10 +385,7 @@ class Repository:
         """The damaged manifests of one VM, or of every VM folder."""
         if vm_id is not None:
             return self._scan(safe_name(vm_id))[1]
-        out: list[BadManifest] = []
-        for folder in self.storage.folders(Keys.vms):
-            out.extend(self._scan(folder)[1])
-        return out
+        return self.scan()[1]
 
     def generation(self, vm_id: str, generation: str = "latest") -> Manifest:
         good, bad = self._scan(safe_name(vm_id))
