@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import hypersdk.repository.storage.local as chunkstore
-from hypersdk.repository.envelope import HEADER, Codec, Compression, chunk_id
+from hypersdk.repository.envelope import HEADER, Codec, Compression
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.verify import select, verify
 from tests.chain import BS, export, restored_bytes
@@ -34,12 +34,12 @@ def test_a_damaged_chunk_under_its_final_name_is_rewritten(tmp_path: Path, damag
     new = os.urandom(3 * BS) + b"compressible " * (BS // 13) + bytes(BS % 13)
     img.write_bytes(img.read_bytes()[: 2 * BS] + new)
     for block in _blocks(new):
-        cid = chunk_id(block)
+        cid = repo.codec.chunk_id(block)
         path = repo.layout.chunk(cid)
         path.parent.mkdir(parents=True, exist_ok=True)
         size = len(repo.codec.seal(block))
         path.write_bytes(b"" if damage == "empty" else bytes(size))
-    assert all(repo.chunks.has(chunk_id(b)) for b in _blocks(new))
+    assert all(repo.chunks.has(repo.codec.chunk_id(b)) for b in _blocks(new))
 
     second = export(repo, {"disk-0": img}, parent=first.manifest)
 
@@ -54,7 +54,7 @@ def test_reuse_check_reads_the_envelope_only() -> None:
     codec = Codec(Compression.ZSTD, 1)
     data = b"hello " * 10000
     sealed = codec.seal(data)
-    cid = chunk_id(data)
+    cid = codec.chunk_id(data)
     assert codec.reusable(sealed, cid)
     assert not codec.reusable(b"", cid)
     assert not codec.reusable(bytes(len(sealed)), cid)

@@ -4,7 +4,6 @@ nothing of the disk, and not the SHA-256 names of its blocks, can be found in an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hypersdk.cli import hyperctl, hyperexport
+from hypersdk.repository.envelope import chunk_id
 from tests.export.conftest import Cli
 from tests.rigs.qsd import MiB, QemuStorageDaemon
 
@@ -72,7 +72,7 @@ def test_encrypted_export_restores_exactly_and_leaks_nothing(
     full = cli.export(qsd.locator)  # a new repository + HYPERSDK_PASSWORD: encrypted
     config = json.loads((cli.repo / "config").read_text())
     assert config["encryption"] == "aes-256-gcm" and config["version"] == 3
-    assert config["hash"] == "hmac-sha256"
+    assert config["hash"] == "keyed-blake3"
     expected = {full["generation"]: disk_now(qsd)}
     qsd.write(8 * MiB + 4096, block[:100_000])  # the pattern again, unaligned
     qsd.write(12 * MiB, rng.randbytes(MiB))
@@ -88,9 +88,9 @@ def test_encrypted_export_restores_exactly_and_leaks_nothing(
     verify = cli.run("hyperctl", "verify", "--output", str(cli.repo), "--json")
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout
 
-    # Nothing readable: excerpts of the pattern, its SHA-256 (a plain repository's chunk
+    # Nothing readable: excerpts of the pattern, its BLAKE3 (a plain repository's chunk
     # name, also inside plain indexes), the VM's locator and id, and the password.
-    sha = hashlib.sha256(block).digest()
+    sha = chunk_id(block, "blake3")
     needles = [block[i : i + 64] for i in range(0, MiB, 64 * 1024)]
     needles += [sha, sha.hex().encode(), PASSWORD.encode(), qsd.locator.encode()]
     assert leaks(cli.repo, needles, [sha.hex(), sha.hex()[:2] + "/" + sha.hex()]) == []

@@ -25,11 +25,14 @@ A sealed chunk (encrypted repositories, ``SealedCodec``) has its own magic:
                  plaintext length (4, little endian), payload (n - 8 bytes)
 
 Its associated data is bytes [0, 8) followed by the 32-byte chunk id, and the chunk id is
-HMAC-SHA256 of the plaintext under the repository's chunk-id key: the name reveals
-nothing without the key, and a sealed chunk put under another chunk's name fails to open.
+keyed BLAKE3 (``keyed-blake3``) or HMAC-SHA256 (``hmac-sha256``) of the plaintext under the
+repository's chunk-id key: the name reveals nothing without the key, and a sealed chunk
+put under another chunk's name fails to open.
 
-The chunk id is the SHA-256 of the plaintext. A reader checks magic, version, compression,
-lengths and (v2) the CRC before decompressing, and the hash after, raising
+In a plain repository the chunk id is the BLAKE3 (``blake3``) or SHA-256 (``sha256``, every
+repository made before BLAKE3) of the plaintext, as its config's ``hash`` says. A reader
+checks magic, version, compression, lengths and (v2) the CRC before decompressing, and
+the hash after, raising
 ``IntegrityError`` on any mismatch: nothing unchecked ever leaves this module. The CRC
 lets a writer check a stored chunk it wants to reuse with one read and no
 decompression (``Codec.reusable``): a crash can leave a chunk's name over empty or
@@ -44,6 +47,7 @@ import struct
 import threading
 from enum import IntEnum
 
+import blake3
 import google_crc32c
 import lz4.block
 import zstandard
@@ -75,17 +79,37 @@ class Compression(IntEnum):
             raise UsageError(f"unknown compression {name!r}: choose zstd, lz4 or none") from None
 
 
-def chunk_id(plaintext: bytes | memoryview) -> bytes:
-    """The 32-byte id of a chunk: SHA-256 of its plaintext (hashlib drops the GIL)."""
-    return hashlib.sha256(plaintext).digest()
+# How a repository names its chunks (its config's ``hash``): plain repositories made
+# before BLAKE3 keep SHA-256; encrypted ones use the keyed form of the same hash.
+PLAIN_HASHES = ("blake3", "sha256")
+KEYED_HASHES = {"blake3": "keyed-blake3", "sha256": "hmac-sha256"}
+DEFAULT_HASH = "blake3"
+
+
+def chunk_id(plaintext: bytes | memoryview, hash_name: str) -> bytes:
+    """The 32-byte id of a chunk in a plain repository whose config says ``hash_name``.
+    hashlib and blake3 both drop the GIL, so the export's workers hash in parallel."""
+    if hash_name == "blake3":
+        return blake3.blake3(plaintext).digest()
+    if hash_name == "sha256":
+        return hashlib.sha256(plaintext).digest()
+    raise ValueError(f"unknown chunk hash {hash_name!r}")
 
 
 class Codec:
     """Seals and opens chunk objects; safe to share between threads."""
 
-    def __init__(self, compression: Compression = Compression.ZSTD, level: int = 1) -> None:
+    def __init__(
+        self,
+        compression: Compression = Compression.ZSTD,
+        level: int = 1,
+        hash_name: str = DEFAULT_HASH,
+    ) -> None:
+        if hash_name not in PLAIN_HASHES:
+            raise ValueError(f"unknown chunk hash {hash_name!r}")
         self.compression = compression
         self.level = level
+        self.hash_name = hash_name
         self._local = threading.local()
 
     def _zstd_c(self) -> zstandard.ZstdCompressor:
@@ -106,7 +130,7 @@ class Codec:
         """The name this repository gives a chunk. Every caller names chunks through the
         repository's codec, never through the module function, so a repository can
         choose how it names them (an encrypted one uses a keyed hash)."""
-        return chunk_id(plaintext)
+        return chunk_id(plaintext, self.hash_name)
 
     def _compress(self, plaintext: bytes) -> tuple[Compression, bytes]:
         """(method, payload); no compression when it would not shrink the block."""
@@ -170,17 +194,24 @@ class Codec:
 
 
 class SealedCodec(Codec):
-    """The codec of an encrypted repository: chunks are named by HMAC-SHA256 under the
-    repository's chunk-id key and sealed with AES-256-GCM after compression."""
+    """The codec of an encrypted repository: chunks are named by keyed BLAKE3 (or, in
+    repositories made before it, HMAC-SHA256) under the repository's chunk-id key and
+    sealed with AES-256-GCM after compression."""
 
     def __init__(
-        self, keys: RepositoryKeys, compression: Compression = Compression.ZSTD, level: int = 1
+        self,
+        keys: RepositoryKeys,
+        compression: Compression = Compression.ZSTD,
+        level: int = 1,
+        hash_name: str = DEFAULT_HASH,
     ) -> None:
-        super().__init__(compression, level)
+        super().__init__(compression, level, hash_name)
         self._keys = keys
 
     def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
-        # hmac.digest is OpenSSL's one-shot HMAC: it drops the GIL like hashlib.
+        # Both are one-shot and drop the GIL (OpenSSL's HMAC, blake3's keyed mode).
+        if self.hash_name == "blake3":
+            return blake3.blake3(plaintext, key=self._keys.id_key).digest()
         return hmac.digest(self._keys.id_key, plaintext, "sha256")
 
     def seal(self, plaintext: bytes, chunk_id: bytes | None = None) -> bytes:

@@ -49,7 +49,14 @@ from hypersdk.repository.crypto import (
     open_object,
     seal_object,
 )
-from hypersdk.repository.envelope import Codec, Compression, SealedCodec
+from hypersdk.repository.envelope import (
+    DEFAULT_HASH,
+    KEYED_HASHES,
+    PLAIN_HASHES,
+    Codec,
+    Compression,
+    SealedCodec,
+)
 from hypersdk.repository.files import make_private_dirs
 from hypersdk.repository.index import BuiltIndex, DiskIndex, IndexSource, IndexTarget
 from hypersdk.repository.keys import KeyStore, Password, PasswordSource, make_key_file, unlock
@@ -174,9 +181,10 @@ class Repository:
             yield self.key_store, self._master
 
     def _codec(self, compression: Compression, level: int) -> Codec:
+        hash_name = plain_hash(self.config.hash)
         if self.keys is not None:
-            return SealedCodec(self.keys, compression, level)
-        return Codec(compression, level)
+            return SealedCodec(self.keys, compression, level, hash_name)
+        return Codec(compression, level, hash_name)
 
     def use_compression(self, compression: str, level: int | None = None) -> None:
         """Store new chunks this way (this process only; the config keeps its default)."""
@@ -257,7 +265,7 @@ class Repository:
             id=uuid.uuid4().hex,
             created=iso(utc_now()),
             block_size=check_block_size(block_size),
-            hash="hmac-sha256" if secret else "sha256",
+            hash=KEYED_HASHES[DEFAULT_HASH] if secret else DEFAULT_HASH,
             compression=compression.lower(),
             compression_level=compression_level,
             version=ENCRYPTED_VERSION if secret else VERSION,
@@ -615,7 +623,15 @@ def _parse_config(raw: bytes, where: str) -> RepositoryConfig:
         raise IntegrityError(f"{where}: version {version} and encryption do not match")
     if config.encryption not in (None, ENCRYPTION):
         raise IntegrityError(f"{where}: unknown encryption {config.encryption!r}")
-    expected_hash = "sha256" if config.encryption is None else "hmac-sha256"
-    if config.hash != expected_hash:
+    known = PLAIN_HASHES if config.encryption is None else tuple(KEYED_HASHES.values())
+    if config.hash not in known:
         raise IntegrityError(f"{where}: unknown hash {config.hash!r}")
     return config
+
+
+def plain_hash(config_hash: str) -> str:
+    """The hash under a config's ``hash`` (``keyed-blake3`` is BLAKE3 with a key)."""
+    for plain, keyed in KEYED_HASHES.items():
+        if config_hash in (plain, keyed):
+            return plain
+    raise ValueError(f"unknown chunk hash {config_hash!r}")
