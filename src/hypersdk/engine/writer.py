@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -274,6 +274,28 @@ class GenerationWriter:
             )
 
 
+def _block_reader(disk: FrozenDisk) -> Callable[[int, int], bytes | memoryview]:
+    """How the workers read a block. A reader that can fill a buffer (NBD) reads into one
+    buffer per worker thread, reused for every block: no copy out of it and no fresh
+    memory to fault in per block. What is returned is valid until the same thread reads
+    again, and nothing keeps it: the hash, the zero check and the codec (which returns
+    new bytes) only look at it."""
+    pread_into = getattr(disk.reader, "pread_into", None)
+    if pread_into is None:
+        return disk.reader.pread
+    local = threading.local()
+
+    def read(offset: int, length: int) -> memoryview:
+        buf: bytearray | None = getattr(local, "buf", None)
+        if buf is None or len(buf) < length:
+            buf = local.buf = bytearray(length)
+        view = memoryview(buf)[:length]
+        pread_into(offset, view)
+        return view
+
+    return read
+
+
 def _copy_disk(
     repo: Repository,
     disk: FrozenDisk,
@@ -292,11 +314,12 @@ def _copy_disk(
     zero_block = bytes(block_size)
     seen: set[bytes] = set()
     seen_lock = threading.Lock()
+    read = _block_reader(disk)
 
     def work(block: int) -> tuple[int, bytes | None, int, int]:
         """Returns (block, chunk id or None, bytes stored, 0 reused / 1 new / 2 rewritten)."""
         length = plan.length(block)
-        data = disk.reader.pread(block * block_size, length)
+        data = read(block * block_size, length)
         if len(data) != length:
             raise RepositoryError(
                 f"disk {disk.key}: short read at offset {block * block_size} "

@@ -132,19 +132,19 @@ class Codec:
         choose how it names them (an encrypted one uses a keyed hash)."""
         return chunk_id(plaintext, self.hash_name)
 
-    def _compress(self, plaintext: bytes) -> tuple[Compression, bytes]:
-        """(method, payload); no compression when it would not shrink the block."""
+    def _compress(self, plaintext: bytes | memoryview) -> tuple[Compression, bytes]:
+        """(method, payload); no compression when it would not shrink the block. The
+        payload is bytes (google_crc32c takes nothing else), a copy of a buffer given."""
         method = self.compression
-        payload: bytes = plaintext
         if method is Compression.ZSTD:
             payload = self._zstd_c().compress(plaintext)
         elif method is Compression.LZ4:
             payload = lz4.block.compress(plaintext, store_size=False)
-        if method is not Compression.NONE and len(payload) >= len(plaintext):
-            method, payload = Compression.NONE, plaintext
+        if method is Compression.NONE or len(payload) >= len(plaintext):
+            method, payload = Compression.NONE, bytes(plaintext)
         return method, payload
 
-    def seal(self, plaintext: bytes, chunk_id: bytes | None = None) -> bytes:
+    def seal(self, plaintext: bytes | memoryview, chunk_id: bytes | None = None) -> bytes:
         """Header + payload. ``chunk_id`` (this codec's name for ``plaintext``, when the
         caller has it) saves a sealing codec from hashing the block again."""
         method, payload = self._compress(plaintext)
@@ -214,7 +214,7 @@ class SealedCodec(Codec):
             return blake3.blake3(plaintext, key=self._keys.id_key).digest()
         return hmac.digest(self._keys.id_key, plaintext, "sha256")
 
-    def seal(self, plaintext: bytes, chunk_id: bytes | None = None) -> bytes:
+    def seal(self, plaintext: bytes | memoryview, chunk_id: bytes | None = None) -> bytes:
         cid = self.chunk_id(plaintext) if chunk_id is None else chunk_id
         method, payload = self._compress(plaintext)
         head = SEALED_HEADER.pack(SEALED_MAGIC, SEALED_VERSION, bytes(3))
