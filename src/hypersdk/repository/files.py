@@ -12,6 +12,7 @@ import ctypes.util
 import errno
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -47,14 +48,19 @@ def make_private_dirs(path: Path) -> None:
         os.chmod(folder, DIR_MODE)  # mkdir's mode is filtered by the umask
 
 
-def write_file(path: Path, data: bytes | memoryview, *, durable: bool) -> None:
-    """Create ``path`` (which must not exist) with ``data``, mode 0600."""
+def write_file(path: Path, data: bytes | memoryview | Sequence[bytes], *, durable: bool) -> None:
+    """Create ``path`` (which must not exist) with ``data`` (or the pieces of it, in one
+    writev), mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)  # whatever the umask
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        views = [memoryview(data)] if isinstance(data, bytes | memoryview) else _views(data)
+        while views:
+            written = os.writev(fd, views)
+            while views and written >= len(views[0]):  # drop what was written whole
+                written -= len(views.pop(0))
+            if views:
+                views[0] = views[0][written:]
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -133,3 +139,7 @@ def sync_filesystem(path: Path) -> None:
             raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
+
+
+def _views(parts: Sequence[bytes]) -> list[memoryview]:
+    return [memoryview(p) for p in parts if p]

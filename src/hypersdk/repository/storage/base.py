@@ -14,7 +14,7 @@ into its own errors, naming the object.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,9 @@ class ChunkSink(Protocol):
     first failure. ``discard`` drops what is not yet named. Thread-safe.
     """
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, parts: Sequence[bytes]) -> None:
+        """Store the object whose bytes are ``parts`` joined."""
+        ...
 
     def staged(self, key: str) -> bool: ...
 

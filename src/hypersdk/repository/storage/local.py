@@ -13,7 +13,7 @@ import builtins
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
@@ -153,18 +153,18 @@ class _LocalChunks:
         with self._lock:
             return key in self._keys
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, parts: Sequence[bytes]) -> None:
         path = self._root / key
         tmp = temp_name(path, path.parent)
         try:
-            write_file(tmp, data, durable=False)
+            write_file(tmp, parts, durable=False)
         except FileNotFoundError:
             make_private_dirs(path.parent)
-            write_file(tmp, data, durable=False)
+            write_file(tmp, parts, durable=False)
         with self._lock:
             self._waiting.append((tmp, path, key))
             self._keys.add(key)
-            self._bytes += len(data)
+            self._bytes += sum(map(len, parts))
             full = self._bytes >= BATCH_BYTES or len(self._waiting) >= BATCH_FILES
         # One worker names a full batch while the others keep writing the next one.
         if full and self._naming.acquire(blocking=False):

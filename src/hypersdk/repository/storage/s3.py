@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -304,7 +304,8 @@ class _S3Chunks:
         with self._cond:
             return key in self._pending
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, parts: Sequence[bytes]) -> None:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         with self._cond:
             while self._error is None and self._bytes and self._bytes + len(data) > UPLOAD_BYTES:
                 self._cond.wait()
