@@ -29,8 +29,12 @@ sdk-ts: setup
 test: lint typecheck unit sdk-ts
 
 # The bench alone needs restic and borg (bench_peers.py), so it installs them itself.
+# Each bench records its ratios in BENCH_SUMMARY; the last line prints them all.
+BENCH_SUMMARY := $(CURDIR)/.bench-summary.jsonl
+bench: export HYPERSDK_BENCH_SUMMARY = $(BENCH_SUMMARY)
 bench:
 	@bash scripts/setup.sh --bench
+	@$(VENV)/python bench/summary.py --reset $(BENCH_SUMMARY)
 	$(VENV)/python bench/bench_repository.py
 	$(VENV)/python bench/bench_restore_incremental.py
 	$(VENV)/python bench/bench_qemu.py
@@ -44,6 +48,7 @@ bench:
 	$(VENV)/python bench/bench_fleet.py
 	$(VENV)/python bench/bench_peers.py
 	$(VENV)/python bench/bench_libvirt.py
+	@$(VENV)/python bench/summary.py $(BENCH_SUMMARY)
 
 clean:
-	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis sdk/typescript/node_modules sdk/typescript/dist sdk/typescript/dist-test lab/vcsim/bin
+	rm -rf .bench-summary.jsonl .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis sdk/typescript/node_modules sdk/typescript/dist sdk/typescript/dist-test lab/vcsim/bin

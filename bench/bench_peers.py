@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from imagegen import MIB, block_data, make_image, timed
+from summary import record
 
 TOOLS = ("restic", "borg", "qemu-img", "qemu-io", "qemu-storage-daemon")
 HYPEREXPORT = [sys.executable, "-m", "hypersdk.cli.hyperexport"]
@@ -253,6 +254,12 @@ def main() -> None:
         results = peers.measure(lambda: apply_changes(raw, qcow2, regions, work / "patches"))
         changed = sum(len(r.data) for r in regions)
         print(table(results, args.size_mib, changed, len(regions), peers.bytes_read))
+        ours = next(r for r in results if r.tool == "hyperexport")
+        others = [r for r in results if r is not ours]
+        record("peers", "hyperexport full backup time / fastest peer's (one run)",
+               ours.full_s / min(r.full_s for r in others))  # fmt: skip
+        record("peers", "hyperexport second backup time / fastest peer's (one run)",
+               ours.inc_s / min(r.inc_s for r in others))  # fmt: skip
     except BenchError as err:
         sys.exit(f"bench_peers: {err}")
     finally:

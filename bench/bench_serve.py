@@ -37,6 +37,7 @@ from hypersdk.access.serving import BackgroundServer, Listen
 from hypersdk.processes import stop_process
 from hypersdk.repository.repository import Repository
 from imagegen import MIB, make_image, timed
+from summary import record
 
 NBDCOPY = ["nbdcopy", "--connections=4", "--requests=16", "--flush"]
 
@@ -123,6 +124,8 @@ def main() -> None:
         )
         for name, speed, ratio in rows:
             print(f"  {name:<42} {speed:8.0f} MiB/s  {ratio}")
+        record("serve", "hyperctl serve to nbdcopy / qemu-nbd serving the raw file", t_ref / t_ours)
+        record("serve", "qcow2 restore speed / raw restore", t_raw / t_qcow2, at_least=0.8)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         os.sync()
