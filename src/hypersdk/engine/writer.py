@@ -274,26 +274,47 @@ class GenerationWriter:
             )
 
 
-def _block_reader(disk: FrozenDisk) -> Callable[[int, int], bytes | memoryview]:
-    """How the workers read a block. A reader that can fill a buffer (NBD) reads into one
-    buffer per worker thread, reused for every block: no copy out of it and no fresh
-    memory to fault in per block. What is returned is valid until the same thread reads
-    again, and nothing keeps it: the hash, the zero check and the codec (which returns
-    new bytes) only look at it."""
-    pread_into = getattr(disk.reader, "pread_into", None)
-    if pread_into is None:
-        return disk.reader.pread
-    local = threading.local()
+class _BlockReads:
+    """How the workers get the bytes of a block.
 
-    def read(offset: int, length: int) -> memoryview:
-        buf: bytearray | None = getattr(local, "buf", None)
-        if buf is None or len(buf) < length:
-            buf = local.buf = bytearray(length)
+    A reader that can start a read and wait for it later (NBD: ``start_read``) gets each
+    block's read sent by the producer, in disk order, as soon as the block enters the
+    pipeline's window: the server always has the next reads queued while the workers
+    hash and compress, instead of each worker waiting for its read between blocks. The
+    bytes land in a buffer of a small free list, reused once the block is collected: no
+    copy out of it and no fresh memory per block. Nothing keeps a block's bytes after
+    its work: the hash, the zero check and the codec (which returns new bytes) only look
+    at them. Other readers are read by the worker itself with ``pread``.
+    """
+
+    def __init__(self, disk: FrozenDisk, block_size: int) -> None:
+        self._reader = disk.reader
+        self._start: Callable[[int, memoryview], Callable[[], None]] | None = getattr(
+            disk.reader, "start_read", None
+        )
+        self._block_size = block_size
+        self._free: list[bytearray] = []
+
+    def begin(
+        self, offset: int, length: int
+    ) -> tuple[Callable[[], bytes | memoryview], bytearray | None]:
+        """(what a worker calls for the bytes, the buffer to ``release`` once the block
+        was collected, or None)."""
+        if self._start is None:
+            return partial(self._reader.pread, offset, length), None
+        buf = self._free.pop() if self._free else bytearray(self._block_size)
         view = memoryview(buf)[:length]
-        pread_into(offset, view)
-        return view
+        wait = self._start(offset, view)
 
-    return read
+        def get() -> memoryview:
+            wait()
+            return view
+
+        return get, buf
+
+    def release(self, buf: bytearray | None) -> None:
+        if buf is not None:
+            self._free.append(buf)
 
 
 def _copy_disk(
@@ -314,12 +335,14 @@ def _copy_disk(
     zero_block = bytes(block_size)
     seen: set[bytes] = set()
     seen_lock = threading.Lock()
-    read = _block_reader(disk)
+    reads = _BlockReads(disk, block_size)
 
-    def work(block: int) -> tuple[int, bytes | None, int, int]:
+    def work(
+        block: int, get: Callable[[], bytes | memoryview]
+    ) -> tuple[int, bytes | None, int, int]:
         """Returns (block, chunk id or None, bytes stored, 0 reused / 1 new / 2 rewritten)."""
         length = plan.length(block)
-        data = read(block * block_size, length)
+        data = get()
         if len(data) != length:
             raise RepositoryError(
                 f"disk {disk.key}: short read at offset {block * block_size} "
@@ -364,19 +387,26 @@ def _copy_disk(
             opts.hooks.progress(length)
 
     window = opts.parallel * 2
-    pending: deque[Future[tuple[int, bytes | None, int, int]]] = deque()
+    pending: deque[tuple[Future[tuple[int, bytes | None, int, int]], bytearray | None]] = deque()
+
+    def collect_first() -> None:
+        fut, buf = pending.popleft()
+        collect(fut)
+        reads.release(buf)  # only after success: a failed block's read may still land
+
     with ThreadPoolExecutor(opts.parallel, thread_name_prefix=f"export-{disk.key}") as pool:
         try:
             for block in plan.blocks(READ):
                 if opts.cancelled:
                     raise ExportCancelled("export cancelled; nothing was committed")
-                pending.append(pool.submit(work, block))
+                get, buf = reads.begin(block * block_size, plan.length(block))
+                pending.append((pool.submit(work, block, get), buf))
                 if len(pending) >= window:
-                    collect(pending.popleft())
+                    collect_first()
             while pending:
-                collect(pending.popleft())
+                collect_first()
         except BaseException:
-            for fut in pending:
+            for fut, _ in pending:
                 fut.cancel()
             raise
     return entries, stats

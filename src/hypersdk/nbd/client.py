@@ -12,8 +12,10 @@ unusable; nothing waits forever.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -52,6 +54,10 @@ def _parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return socket.AF_INET6 if ":" in host else socket.AF_INET, (host, int(port))
+
+
+def _done() -> None:
+    """The wait of a read that already completed."""
 
 
 class _Reader:
@@ -327,6 +333,13 @@ class NbdClient:
         The receiver writes replies straight into ``buffer``; on error its content is
         undefined.
         """
+        self.start_read(offset, buffer)()
+
+    def start_read(self, offset: int, buffer: bytearray | memoryview) -> Callable[[], None]:
+        """Send the read of ``buffer``'s length at ``offset`` and return at once; calling
+        what is returned waits for the replies (and raises their error). Until then the
+        receiver may be writing into ``buffer``: the caller must not touch it. This lets
+        a pipeline keep reads in flight while it works on blocks already read."""
         view = memoryview(buffer).cast("B")
         if view.readonly:
             raise TypeError("pread_into needs a writable buffer")
@@ -340,12 +353,12 @@ class NbdClient:
             cover = bytearray(end - start)
             self.pread_into(start, cover)
             view[:] = memoryview(cover)[offset - start : offset - start + length]
-            return
+            return _done
         requests = [
             self._submit(_Request(p.CMD_READ, offset + pos, n, view[pos : pos + n]))
             for pos, n in _split(length, self._read_request)
         ]
-        self._wait_all(requests)
+        return functools.partial(self._wait_all, requests)
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         """Write ``data`` at ``offset``. ``fua`` flushes it to stable storage

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -127,6 +128,14 @@ class NbdPool:
 
     def pread_into(self, offset: int, buffer: bytearray | memoryview) -> None:
         self._client().pread_into(offset, buffer)
+
+    def start_read(self, offset: int, buffer: bytearray | memoryview) -> Callable[[], None]:
+        """``NbdClient.start_read`` on the next connection in turn: the reads one thread
+        keeps in flight are spread over every connection."""
+        with self._lock:
+            client = self._clients[self._next % len(self._clients)]
+            self._next += 1
+        return client.start_read(offset, buffer)
 
     def close(self) -> None:
         """Close every connection; the first error is raised after all are closed."""
