@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from nbd_servers import Servers, run
 
+from hypersdk.errors import NbdError
 from hypersdk.nbd import NbdPool, NbdProtocolError
 from hypersdk.nbd.client import NbdClient
 
@@ -204,3 +205,27 @@ def test_read_request_size_is_clamped_to_the_servers_limits(servers: Servers) ->
         assert client.pread(4096, 3 * 4096) == pattern(4096, 3 * 4096)
         client.set_read_request_size(1)
         assert client.read_request_size == 4096
+
+
+def test_reads_started_ahead_land_in_their_buffers(servers: Servers, tmp_path: Path) -> None:
+    """start_read sends at once and waits later (the export's read-ahead): eight reads in
+    flight over the pool's connections, waited for out of order, each in its own buffer."""
+    log = tmp_path / "reads.log"
+    sock, _ = servers.nbdkit(
+        "pattern", "8M", "multi-conn-mode=unsafe", f"logfile={log}", filters=("log", "multi-conn")
+    )
+    with NbdPool.connect(sock, connections=4) as pool:
+        buffers = [bytearray(MiB) for _ in range(8)]
+        waits = [pool.start_read(i * MiB, buffers[i]) for i in range(8)]
+        for i in (7, 0, 3, 5, 1, 2, 6, 4):
+            waits[i]()
+            assert buffers[i] == pattern(i * MiB, MiB), i
+    assert len(connections_that_read(log)) == 4  # spread over every connection
+
+
+def test_a_failed_read_started_ahead_raises_when_waited_for(servers: Servers) -> None:
+    sock, _ = servers.nbdkit("memory", "1M", "error=EIO", "error-pread-rate=1", filters=("error",))
+    with NbdPool.connect(sock) as pool:
+        wait = pool.start_read(0, bytearray(4096))  # sending does not fail ...
+        with pytest.raises(NbdError, match="EIO"):
+            wait()  # ... the wait does, with the server's error
