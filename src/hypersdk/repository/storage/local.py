@@ -157,10 +157,10 @@ class _LocalChunks:
         path = self._root / key
         tmp = temp_name(path, path.parent)
         try:
-            write_file(tmp, parts, durable=False)
+            write_file(tmp, parts, durable=False, writeback=True)
         except FileNotFoundError:
             make_private_dirs(path.parent)
-            write_file(tmp, parts, durable=False)
+            write_file(tmp, parts, durable=False, writeback=True)
         with self._lock:
             self._waiting.append((tmp, path, key))
             self._keys.add(key)
