@@ -160,12 +160,19 @@ def _child(cmd: list[str], what: str) -> dict[str, Any]:
     return got | {"wall": wall}
 
 
+def _ticks(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _best(out: dict[str, dict[str, Any]], mode: str, got: dict[str, Any]) -> None:
     """Keep the best time (the machine is shared: its noise only ever adds time) and the
     highest peak RSS of the runs of one mode."""
     if mode in out:
         best = out[mode]
-        got = got | {k: min(got[k], best[k]) for k in ("seconds", "wall", "cpu")}
+        timed = ("seconds", "wall", "cpu", "server_cpu")
+        got = got | {k: min(got[k], best[k]) for k in timed if k in got}
         got["rss"] = max(got["rss"], best["rss"])
     out[mode] = got
 
@@ -207,7 +214,9 @@ def run_qcow2(work: Path, capacity: int, data_mib: int) -> dict[str, dict]:
                 last = gen
             cmd = [sys.executable, __file__, "--child", mode, "--qemu", "--repo", str(repo)]
             cmd += ["--state", str(state), "--image", qsd.locator]
-            _best(out, mode, _child(cmd, f"62 TiB {mode}"))
+            server = _ticks(qsd.pid)
+            got = _child(cmd, f"62 TiB {mode}")
+            _best(out, mode, got | {"server_cpu": _ticks(qsd.pid) - server})
         out["check"] = check_restored(repo, blocks, last)
         out["check"]["source"] = qsd.read(changed * MIB, MIB) == block_bytes(changed, last)
     image.unlink()
@@ -313,6 +322,12 @@ def main() -> None:
         print(
             f"peak RSS at 62 TiB (qcow2 on qemu-storage-daemon): "
             f"{max(huge[m]['rss'] for m in ('full', 'incr')) / MIB:.0f} MiB (target < 1024 MiB)"
+        )
+        print(
+            "62 TiB CPU seconds, hyperexport + qemu-storage-daemon: full "
+            f"{huge['full']['cpu']:.2f} + {huge['full']['server_cpu']:.2f}, incremental "
+            f"{huge['incr']['cpu']:.2f} + {huge['incr']['server_cpu']:.2f} (the machine is "
+            "shared: wall time is CPU time plus waiting for a core)"
         )
         print(
             f"62 TiB generation {check['generation']} read back through its index: "
