@@ -79,3 +79,16 @@ def test_a_punched_data_piece_fails_the_checksum(
     )
     with pytest.raises(IntegrityError, match="checksum in the manifest"):
         DiskIndex.read(path, sha)
+
+
+def test_zero_pages_of_a_piece_stay_holes(tmp_path: Path) -> None:
+    """One 8 MiB piece of entries covers 256 GiB of disk: two data blocks far apart in
+    it take two pages on disk, not the whole piece."""
+    path = tmp_path / "spread.idx"
+    far = 200_000
+    built = build_index(path, 256 << 30, MIB, None, [(0, 1), (far, far + 1)], cid(0) + cid(far), [])
+    assert path.stat().st_size == HEADER.size + (256 << 10) * ENTRY + 32
+    assert path.stat().st_blocks * 512 <= 16 << 10, "the zero pages were written"
+    index = DiskIndex.read(path, built.sha256)
+    assert list(index.chunks()) == [(0, cid(0)), (far, cid(far))]
+    assert built.zero_blocks == (256 << 10) - 2
