@@ -3,10 +3,12 @@ servers do not show on demand: no NBD_OPT_GO, simple replies only, misbehaviour.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,8 +43,10 @@ class FakeServer:
         go: bool = True,
         structured: bool = True,
         no_zeroes: bool = True,
+        size: int = SIZE,
     ) -> None:
         self.handler = handler
+        self.size = size
         self.go, self.structured, self.no_zeroes = go, structured, no_zeroes
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(str(path))
@@ -71,7 +75,7 @@ class FakeServer:
         flags = p.FLAG_FIXED_NEWSTYLE | (p.FLAG_NO_ZEROES if self.no_zeroes else 0)
         conn.sendall(p.encode_greeting(flags))
         client_flags = p.decode_client_flags(recv_exact(conn, 4))
-        info = p.ExportInfo(SIZE, p.TFLAG_HAS_FLAGS | p.TFLAG_SEND_FLUSH)
+        info = p.ExportInfo(self.size, p.TFLAG_HAS_FLAGS | p.TFLAG_SEND_FLUSH)
         while True:
             option, length = p.decode_option_header(recv_exact(conn, 16))
             data = recv_exact(conn, length) if length else b""
@@ -105,7 +109,7 @@ class FakeServer:
 def serve(tmp_path: Path) -> Iterator[Callable[..., str]]:
     started: list[FakeServer] = []
 
-    def start(handler: Handler, **kwargs: bool) -> str:
+    def start(handler: Handler, **kwargs: Any) -> str:
         path = tmp_path / f"fake{len(started)}.sock"
         started.append(FakeServer(path, handler, **kwargs))
         return str(path)
@@ -182,6 +186,49 @@ def test_block_status_that_stops_advancing(serve: Callable[..., str]) -> None:
         assert client.meta_contexts == {"base:allocation": 7}
         with pytest.raises(NbdProtocolError, match="stopped advancing"):
             client.block_status("base:allocation", 0, SIZE)
+
+
+def test_block_status_of_a_huge_disk_is_pipelined_and_resumed(
+    serve: Callable[..., str],
+) -> None:
+    """A 62 TiB export: requests as large as 32 bits allow (not 1 GiB: 63,488 round
+    trips), several sent before the first answer, and a short answer asked again from
+    where it stopped, so the extents cover the range exactly once."""
+    size = 62 << 40
+    asked: list[tuple[int, int]] = []
+    queued: list[bool] = []  # whether a next request was waiting when one was answered
+    data = (5 << 40) + 12345  # where the disk holds data: one extent
+
+    def handler(conn: socket.socket, req: p.Request) -> None:
+        asked.append((req.offset, req.length))
+        # wait (at most 2 s) for the next request: a client that sends one at a time
+        # never sends it before this answer
+        queued.append(bool(select.select([conn], [], [], 2.0 if len(asked) == 1 else 0)[0]))
+        end = req.offset + min(req.length, 3 << 30)  # never more than 3 GiB: short answers
+        extents, pos = [], req.offset
+        for start, stop, flags in ((0, data, 3), (data, data + (1 << 20), 0), (data, size, 3)):
+            s, t = max(pos, start), min(end, stop)
+            if t > s:
+                extents.append((t - s, flags))
+                pos = t
+        payload = p.encode_block_status(7, extents)
+        header = p.encode_chunk_header(
+            p.REPLY_FLAG_DONE, p.REPLY_TYPE_BLOCK_STATUS, req.cookie, len(payload)
+        )
+        conn.sendall(header + payload)
+
+    sock = serve(handler, size=size)
+    with NbdClient.connect(sock, meta_contexts=("base:allocation",)) as client:
+        span = 16 << 40  # a quarter of the disk keeps the scripted server quick
+        got = client.block_status("base:allocation", 4 << 40, span)
+    assert [(e.offset, e.length, e.flags) for e in got] == [
+        (4 << 40, data - (4 << 40), 3),
+        (data, 1 << 20, 0),
+        (data + (1 << 20), (20 << 40) - data - (1 << 20), 3),
+    ]
+    assert max(n for _, n in asked) > 1 << 30 and all(n < 1 << 32 for _, n in asked)
+    assert len(asked) < 2 * span // (3 << 30)  # 4 GiB requests, each answered in two
+    assert queued[0]  # the second request came before the first answer
 
 
 def test_short_read_reply_is_an_error(serve: Callable[..., str]) -> None:

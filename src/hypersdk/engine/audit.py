@@ -23,7 +23,7 @@ from typing import Any
 
 from hypersdk.engine.plan import ZERO, BlockPlan, Runs, plan_blocks
 from hypersdk.providers.base import Extent
-from hypersdk.repository.index import ENTRY, ZERO_ENTRY, DiskIndex
+from hypersdk.repository.index import ENTRY, ZERO_ENTRY, DiskIndex, Entries
 
 _WINDOW = 4096  # entries compared at once: 128 KiB
 
@@ -128,7 +128,7 @@ def _full_entries(plan: BlockPlan, entries: bytearray) -> bytearray:
     return out
 
 
-def _differing(new: bytearray, old: bytearray, nblocks: int) -> Iterator[int]:
+def _differing(new: bytearray, old: Entries, nblocks: int) -> Iterator[int]:
     step = _WINDOW * ENTRY
     for w in range(0, nblocks * ENTRY, step):
         if new[w : w + step] == old[w : w + step]:

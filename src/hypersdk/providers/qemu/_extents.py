@@ -21,7 +21,10 @@ from hypersdk.providers.base import Extent
 BASE_ALLOCATION = "base:allocation"
 STATE_ZERO = 2  # base:allocation: the range reads as zeros
 STATE_DIRTY = 1  # qemu:dirty-bitmap:*: the range changed
-REQUEST_LIMIT = 1 << 30  # NBD lengths are 32-bit; ask for at most 1 GiB at a time
+# Asked of the source at a time. The NBD client splits it into its largest requests
+# (4 GiB - 1 MiB: lengths are 32-bit), several in flight; 64 of them keep that pipeline
+# full (a 62 TiB disk is 248 windows) while the extents of one window stay few.
+REQUEST_LIMIT = 64 * ((1 << 32) - (1 << 20))
 
 
 class _StatusExtent(Protocol):
