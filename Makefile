@@ -39,7 +39,7 @@ bench:
 	$(VENV)/python bench/bench_restore_incremental.py
 	$(VENV)/python bench/bench_qemu.py
 	$(VENV)/python bench/bench_vsphere.py
-	$(VENV)/python bench/bench_scale.py
+	$(VENV)/python bench/bench_scale.py --huge
 	$(VENV)/python bench/bench_audit.py
 	$(VENV)/python bench/bench_serve.py
 	$(VENV)/python bench/bench_s3.py

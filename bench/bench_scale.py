@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.rigs.qsd import QemuStorageDaemon, create_qcow2
@@ -46,6 +47,7 @@ from hypersdk.providers.raw import RawImageReader, data_extents
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
 from hypersdk.state.history import History
+from summary import record
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -325,6 +327,12 @@ def main() -> None:
             f"peak RSS at {sizes[1][0]}: {max(big[m]['rss'] for m in ('full', 'incr')) / MIB:.0f} "
             "MiB (target < 256 MiB)"
         )
+        record("scale", f"1 MiB incremental, {sizes[1][0]} / 64 GiB disk (the command)", whole,
+               at_most=1.5)  # fmt: skip
+        record("scale", f"1 MiB incremental, {sizes[1][0]} / 64 GiB disk (the export alone)",
+               ratio)  # fmt: skip
+        record("scale", f"peak RSS at {sizes[1][0]}",
+               max(big[m]["rss"] for m in ("full", "incr")) / MIB, "MiB", at_most=256)  # fmt: skip
     if "62 TiB" in results:
         huge = results["62 TiB"]
         check = huge["check"]
@@ -332,6 +340,11 @@ def main() -> None:
             f"peak RSS at 62 TiB (qcow2 on qemu-storage-daemon): "
             f"{max(huge[m]['rss'] for m in ('full', 'incr')) / MIB:.0f} MiB (target < 1024 MiB)"
         )
+        huge_rss = max(huge[m]["rss"] for m in ("full", "incr")) / MIB
+        record("scale", "peak RSS at 62 TiB (qcow2 on qemu-storage-daemon)", huge_rss, "MiB",
+               at_most=1024)  # fmt: skip
+        record("scale", "62 TiB qcow2: full export", huge["full"]["seconds"], "s")
+        record("scale", "62 TiB qcow2: 1 MiB incremental", huge["incr"]["seconds"], "s")
         print(
             "62 TiB CPU seconds, hyperexport + qemu-storage-daemon: full "
             f"{huge['full']['cpu']:.2f} + {huge['full']['server_cpu']:.2f}, incremental "
