@@ -211,9 +211,9 @@ def _send(
     lock: threading.Lock,
     where: str,
 ) -> bytes:
-    if not source.encrypted and not target.encrypted:
-        # Both name chunks by SHA-256: a chunk the target holds intact (checked as an
-        # export checks before reuse) need not be read from the source.
+    if not source.encrypted and not target.encrypted and source.config.hash == target.config.hash:
+        # Both name chunks by the same unkeyed hash: a chunk the target holds intact
+        # (checked as an export checks before reuse) need not be read from the source.
         stored = target.chunks.read(cid)
         if stored is not None and target.codec.reusable(stored, cid):
             with lock:
