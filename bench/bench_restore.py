@@ -27,6 +27,7 @@ qcow2 restore >= 0.8x raw restore.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -125,28 +126,17 @@ def main() -> None:
         for i in range(args.runs):
             out = work / f"out{i}"
             warm(sources)
-            runs["qemu-img"].append(measured(lambda: qemu_img_convert(qcow2, out)))
+            runs["qemu-img"].append(measured(functools.partial(qemu_img_convert, qcow2, out)))
             out.unlink()
-            warm(sources)
-            runs["raw"].append(
-                measured(
-                    lambda: restore_image(
-                        repo, manifest, "disk-0", out, fmt="raw", parallel=args.parallel
-                    )
+            for fmt in ("raw", "qcow2"):
+                warm(sources)
+                restore = functools.partial(
+                    restore_image, repo, manifest, "disk-0", out, fmt=fmt, parallel=args.parallel
                 )
-            )
-            if i == 0 and sha256_file(out) != expected:
-                raise SystemExit("the raw restore does not match the source image")
-            out.unlink()
-            warm(sources)
-            runs["qcow2"].append(
-                measured(
-                    lambda: restore_image(
-                        repo, manifest, "disk-0", out, fmt="qcow2", parallel=args.parallel
-                    )
-                )
-            )
-            out.unlink()
+                runs[fmt].append(measured(restore))
+                if fmt == "raw" and i == 0 and sha256_file(out) != expected:
+                    raise SystemExit("the raw restore does not match the source image")
+                out.unlink()
 
         best = {k: min(v, key=lambda r: r.seconds) for k, v in runs.items()}
         raw_ratio = best["qemu-img"].seconds / best["raw"].seconds
