@@ -136,11 +136,17 @@ class Codec:
         return self._decode(method, plain_len, payload, expected_id, where)
 
     def _decode(
-        self, method: int, plain_len: int, payload: memoryview, expected_id: bytes, where: str
+        self,
+        method: int,
+        plain_len: int,
+        payload: bytes | memoryview,
+        expected_id: bytes,
+        where: str,
     ) -> bytes:
         try:
             if method == Compression.NONE:
-                plaintext = bytes(payload)
+                # a v2 payload is already a copy of its own (made for the CRC)
+                plaintext = payload if isinstance(payload, bytes) else bytes(payload)
             elif method == Compression.ZSTD:
                 plaintext = self._zstd_d().decompress(payload, max_output_size=plain_len)
             elif method == Compression.LZ4:
@@ -169,7 +175,7 @@ class Codec:
         self,
         method: int,
         plain_len: int,
-        payload: memoryview,
+        payload: bytes | memoryview,
         expected_id: bytes,
         out: bytearray,
         where: str,
@@ -181,7 +187,7 @@ class Codec:
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"{where}: cannot decompress ({exc})") from exc
         elif method == Compression.NONE:
-            plaintext = payload
+            plaintext = memoryview(payload)
             if len(plaintext) != plain_len:
                 raise IntegrityError(
                     f"{where}: decoded {len(plaintext)} bytes, expected {plain_len}"
@@ -268,7 +274,7 @@ class SealedCodec(Codec):
 
 
 def _zstd_into(
-    d: zstandard.ZstdDecompressor, payload: memoryview, out: memoryview, where: str
+    d: zstandard.ZstdDecompressor, payload: bytes | memoryview, out: memoryview, where: str
 ) -> None:
     """Decompress one zstd frame that must fill ``out`` exactly (no more, no less)."""
     with d.stream_reader(payload) as reader:
@@ -282,8 +288,10 @@ def _zstd_into(
             raise IntegrityError(f"{where}: decodes to more than {len(out)} bytes")
 
 
-def _unwrap(blob: Buffer, where: str) -> tuple[int, int, memoryview]:
-    """(compression, plaintext length, payload) of an object whose envelope checks out."""
+def _unwrap(blob: Buffer, where: str) -> tuple[int, int, bytes | memoryview]:
+    """(compression, plaintext length, payload) of an object whose envelope checks out:
+    in version 2 the payload is the copy the CRC was computed over, so that a caller
+    needing its own bytes (an uncompressed chunk) does not copy it again."""
     if len(blob) < HEADER_V1.size:
         raise IntegrityError(f"{where}: truncated header ({len(blob)} bytes)")
     magic, version, method, reserved, plain_len, payload_len = HEADER_V1.unpack_from(blob)
@@ -303,11 +311,12 @@ def _unwrap(blob: Buffer, where: str) -> tuple[int, int, memoryview]:
         raise IntegrityError(
             f"{where}: payload is {len(blob) - size} bytes, header says {payload_len}"
         )
-    payload = memoryview(blob)[size:]
+    payload: bytes | memoryview = memoryview(blob)[size:]
     if version == VERSION:
         # google_crc32c takes bytes only: the slice copies, ~25 us per MiB.
-        body = blob[size:] if isinstance(blob, bytes) else payload.tobytes()
+        body = blob[size:] if isinstance(blob, bytes) else bytes(payload)
         crc = google_crc32c.extend(google_crc32c.value(bytes(blob[: HEADER_V1.size])), body)
         if crc != int.from_bytes(blob[HEADER_V1.size : size], "little"):
             raise IntegrityError(f"{where}: checksum mismatch (CRC32C)")
+        payload = body
     return method, plain_len, payload

@@ -80,8 +80,15 @@ class ChunkBuffers(threading.local):
     costs more in page faults than the copy into it; see docs/design.md)."""
 
     def __init__(self, block_size: int) -> None:
-        self.blob = bytearray(block_size + _ENVELOPE_SLACK)
         self.out = bytearray(block_size)
+        self._blob: bytearray | None = None
+
+    @property
+    def blob(self) -> bytearray:
+        """The stored object's buffer, made on first use (object storage needs none)."""
+        if self._blob is None:
+            self._blob = bytearray(len(self.out) + _ENVELOPE_SLACK)
+        return self._blob
 
 
 # Bytes an object may hold beyond its plaintext: either envelope's header, the sealed
@@ -196,7 +203,8 @@ def _restore_file(
             )
         else:
             image = work / f"image.{fmt}"
-            written = convert(image, fmt)
+            with _WritebackWhile(image):
+                written = convert(image, fmt)
             os.chmod(image, FILE_MODE)  # qemu-img creates it by the umask
             _fsync(image)
         try:
@@ -325,6 +333,42 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     little left to do. Only a hint; the fsync is what makes the image durable."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+class _WritebackWhile:
+    """While another process (qemu-img) writes ``path``, start writeback of what it has
+    written every ``_WRITEBACK_EVERY`` seconds: the disk writes during the conversion
+    instead of all at the closing fsync (measured: that fsync took 0.6 s of a 1 GiB
+    qcow2 restore). Only a hint, like ``start_writeback``."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="restore-writeback", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        fd = -1
+        try:
+            while not self._stop.wait(_WRITEBACK_EVERY):
+                if fd < 0:
+                    try:  # the private work folder: no one else can put a file here
+                        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError:
+                        continue  # not created yet
+                start_writeback(fd, 0, 0)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+_WRITEBACK_EVERY = 0.1
 
 
 def _fsync(path: Path) -> None:
