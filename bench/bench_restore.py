@@ -10,13 +10,15 @@ is made from the same bytes. Then, ``--runs`` times, alternating:
   of that file, so that its bytes are as durable as a restore's;
 - ``hyperctl restore`` to raw (``restore_disk``: every chunk read, its envelope and hash
   checked, decompressed, written, the file fsynced and published by a rename);
-- ``hyperctl restore --format qcow2`` (qemu-img reading the generation over NBD).
+- ``hyperctl restore --format qcow2`` (qemu-img reading the generation over NBD);
+- the floor of any qcow2 restore through qemu-img: ``qemu-img convert`` of the source
+  raw image (a local file in page cache, nothing to decode) to qcow2 with the same flags.
 
-Page cache: both sources are read from memory, so the comparison is one of CPU and
-write paths, not of whichever input happened to be cached. Before every run the qcow2
-and every chunk file of the repository are read once (untimed), and each run starts
-with no dirty pages (``os.sync``). Outputs go to the same file system and are deleted
-after each run.
+Page cache: every source is read from memory, so the comparison is one of CPU and
+write paths, not of whichever input happened to be cached. Before every run the qcow2,
+the raw image and every chunk file of the repository are read once (untimed), and each
+run starts with no dirty pages (``os.sync``). Outputs go to the same file system and
+are deleted after each run.
 
 Each line gives MiB/s of disk capacity, seconds, and the CPU seconds of this process
 and its children (qemu-img): on 2 cores a run cannot be faster than its CPU work
@@ -78,10 +80,12 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def qemu_img_convert(src: Path, out: Path) -> None:
-    subprocess.run(
-        ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(src), str(out)], check=True
-    )
+def qemu_img_convert(src: Path, out: Path, src_fmt: str = "qcow2", fmt: str = "raw") -> None:
+    """The reference (qcow2 to raw, qemu-img's defaults) or the floor of a qcow2 restore
+    (raw to qcow2 with the flags ``hyperctl restore --format qcow2`` gives qemu-img)."""
+    flags = ["-W", "-m", "8"] if fmt == "qcow2" else []
+    cmd = ["qemu-img", "convert", "-q", *flags, "-f", src_fmt, "-O", fmt, str(src), str(out)]
+    subprocess.run(cmd, check=True)
     fsync_path(out)
 
 
@@ -118,15 +122,18 @@ def main() -> None:
         repo = Repository.open_or_init(work / "repo")
         export(repo, {"disk-0": raw}, parallel=args.parallel)
         expected = sha256_file(raw)
-        raw.unlink()
         manifest = repo.generation("vm1")
-        sources = [qcow2, *(p for p in (work / "repo" / "data").rglob("*") if p.is_file())]
+        sources = [qcow2, raw, *(p for p in (work / "repo" / "data").rglob("*") if p.is_file())]
 
-        runs: dict[str, list[Run]] = {"qemu-img": [], "raw": [], "qcow2": []}
+        runs: dict[str, list[Run]] = {"qemu-img": [], "raw": [], "qcow2": [], "floor": []}
         for i in range(args.runs):
             out = work / f"out{i}"
             warm(sources)
             runs["qemu-img"].append(measured(functools.partial(qemu_img_convert, qcow2, out)))
+            out.unlink()
+            warm(sources)
+            floor = functools.partial(qemu_img_convert, raw, out, "raw", "qcow2")
+            runs["floor"].append(measured(floor))
             out.unlink()
             for fmt in ("raw", "qcow2"):
                 warm(sources)
@@ -161,6 +168,15 @@ def main() -> None:
                 mib,
                 best["qcow2"],
                 f"  {qcow2_ratio:.2f}x raw restore (target >= {TARGET_QCOW2:.1f}x)",
+            )
+        )
+        print(
+            line(
+                "qemu-img raw file->qcow2 (floor)",
+                mib,
+                best["floor"],
+                f"  qcow2 restore {best['floor'].seconds / best['qcow2'].seconds:.2f}x this; "
+                f"floor {best['raw'].seconds / best['floor'].seconds:.2f}x raw restore",
             )
         )
         print(
