@@ -6,6 +6,14 @@ reading the generation served over NBD, with no raw intermediate). Every chunk i
 checked against its hash as it is read; on any failure the partial output is removed
 and nothing is left behind.
 
+The raw path is CPU-bound (SHA-256, zstd, the kernel's copy into the page cache), so it
+does nothing else per chunk: each worker thread reads a chunk file into its own reused
+buffer, decompresses into a second one (``read_chunk_into``, ``Codec.open_into``),
+hashes and writes from there; a chunk stored uncompressed is written from the copy its
+CRC was computed over. Writeback is started every ``WRITEBACK_BATCH`` bytes, so the disk
+writes while chunks are decoded and the closing fsync is short (the same for the file
+qemu-img writes, ``_WritebackWhile``).
+
 Temp files live in a private (0700) folder beside the target, on the same file system,
 and the finished image (0600) is published by one rename: without ``force`` a rename that
 never replaces (a file that appeared at the target meanwhile is kept and the restore
@@ -76,8 +84,9 @@ def read_chunk(repo: Repository, cid: bytes, where: str) -> bytes:
 
 class ChunkBuffers(threading.local):
     """One thread's buffers for ``read_chunk_into``: the stored object and its
-    decompressed plaintext, reused from chunk to chunk (a new 1 MiB buffer per chunk
-    costs more in page faults than the copy into it; see docs/design.md)."""
+    decompressed plaintext, reused from chunk to chunk. Measured on the 2-core machine:
+    zstd into a new 1 MiB bytes took 0.73 ms, into a reused buffer 0.42 ms (the new
+    buffer's page faults)."""
 
     def __init__(self, block_size: int) -> None:
         self.out = bytearray(block_size)
