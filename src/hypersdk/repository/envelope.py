@@ -165,9 +165,10 @@ class Codec:
         self, blob: Buffer, expected_id: bytes, out: bytearray, where: str = "chunk"
     ) -> memoryview:
         """``open`` without a new buffer per chunk: a zstd payload is decompressed into
-        ``out`` (at least the plaintext's length), an uncompressed one is returned in
-        place (a view of ``blob``). The view is checked as ``open`` checks its bytes,
-        and is valid until the caller reuses ``out`` or ``blob``."""
+        ``out`` (at least the plaintext's length), an uncompressed one is returned as a
+        view of its payload (in version 2 the copy its CRC was computed over). The view
+        is checked as ``open`` checks its bytes, and is valid until the caller reuses
+        ``out`` or ``blob``."""
         method, plain_len, payload = _unwrap(blob, where)
         return self._decode_into(method, plain_len, payload, expected_id, out, where)
 
