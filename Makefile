@@ -42,6 +42,7 @@ bench:
 	$(VENV)/python bench/bench_scale.py --huge
 	$(VENV)/python bench/bench_audit.py
 	$(VENV)/python bench/bench_serve.py
+	$(VENV)/python bench/bench_restore.py
 	$(VENV)/python bench/bench_s3.py
 	$(VENV)/python bench/bench_crypto.py
 	$(VENV)/python bench/bench_gc.py

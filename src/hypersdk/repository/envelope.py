@@ -55,6 +55,8 @@ import zstandard
 from hypersdk.errors import IntegrityError, UsageError
 from hypersdk.repository.crypto import OVERHEAD, RepositoryKeys
 
+Buffer = bytes | bytearray | memoryview
+
 MAGIC = b"HSCK"
 VERSION = 2
 HEADER_V1 = struct.Struct("<4sBBHII")
@@ -165,11 +167,17 @@ class Codec:
         return self._decode(method, plain_len, payload, expected_id, where)
 
     def _decode(
-        self, method: int, plain_len: int, payload: memoryview, expected_id: bytes, where: str
+        self,
+        method: int,
+        plain_len: int,
+        payload: bytes | memoryview,
+        expected_id: bytes,
+        where: str,
     ) -> bytes:
         try:
             if method == Compression.NONE:
-                plaintext = bytes(payload)
+                # a v2 payload is already a copy of its own (made for the CRC)
+                plaintext = payload if isinstance(payload, bytes) else bytes(payload)
             elif method == Compression.ZSTD:
                 plaintext = self._zstd_d().decompress(payload, max_output_size=plain_len)
             elif method == Compression.LZ4:
@@ -180,6 +188,44 @@ class Codec:
             raise IntegrityError(f"{where}: cannot decompress ({exc})") from exc
         if len(plaintext) != plain_len:
             raise IntegrityError(f"{where}: decoded {len(plaintext)} bytes, expected {plain_len}")
+        if self.chunk_id(plaintext) != expected_id:
+            raise IntegrityError(f"{where}: content does not match its hash")
+        return plaintext
+
+    def open_into(
+        self, blob: Buffer, expected_id: bytes, out: bytearray, where: str = "chunk"
+    ) -> memoryview:
+        """``open`` without a new buffer per chunk: a zstd payload is decompressed into
+        ``out`` (at least the plaintext's length), an uncompressed one is returned as a
+        view of its payload (in version 2 the copy its CRC was computed over). The view
+        is checked as ``open`` checks its bytes, and is valid until the caller reuses
+        ``out`` or ``blob``."""
+        method, plain_len, payload = _unwrap(blob, where)
+        return self._decode_into(method, plain_len, payload, expected_id, out, where)
+
+    def _decode_into(
+        self,
+        method: int,
+        plain_len: int,
+        payload: bytes | memoryview,
+        expected_id: bytes,
+        out: bytearray,
+        where: str,
+    ) -> memoryview:
+        if method == Compression.ZSTD and plain_len <= len(out):
+            plaintext = memoryview(out)[:plain_len]
+            try:
+                _zstd_into(self._zstd_d(), payload, plaintext, where)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"{where}: cannot decompress ({exc})") from exc
+        elif method == Compression.NONE:
+            plaintext = memoryview(payload)
+            if len(plaintext) != plain_len:
+                raise IntegrityError(
+                    f"{where}: decoded {len(plaintext)} bytes, expected {plain_len}"
+                )
+        else:  # lz4 (no decode-into API) or a buffer too small: the general path
+            return memoryview(self._decode(method, plain_len, payload, expected_id, where))
         if self.chunk_id(plaintext) != expected_id:
             raise IntegrityError(f"{where}: content does not match its hash")
         return plaintext
@@ -251,6 +297,14 @@ class SealedCodec(Codec):
         method, plain_len, payload = self._unseal(blob, expected_id, where)
         return self._decode(method, plain_len, payload, expected_id, where)
 
+    def open_into(
+        self, blob: Buffer, expected_id: bytes, out: bytearray, where: str = "chunk"
+    ) -> memoryview:
+        # AES-GCM decrypts into a new buffer anyway; only the decompression reuses ``out``.
+        sealed = blob if isinstance(blob, bytes) else bytes(blob)
+        method, plain_len, payload = self._unseal(sealed, expected_id, where)
+        return self._decode_into(method, plain_len, payload, expected_id, out, where)
+
     def reusable(self, blob: bytes, expected_id: bytes) -> bool:
         """Authenticated (GCM tag) under this name: enough to reuse, no decompression."""
         try:
@@ -260,8 +314,25 @@ class SealedCodec(Codec):
         return True
 
 
-def _unwrap(blob: bytes, where: str) -> tuple[int, int, memoryview]:
-    """(compression, plaintext length, payload) of an object whose envelope checks out."""
+def _zstd_into(
+    d: zstandard.ZstdDecompressor, payload: bytes | memoryview, out: memoryview, where: str
+) -> None:
+    """Decompress one zstd frame that must fill ``out`` exactly (no more, no less)."""
+    with d.stream_reader(payload) as reader:
+        filled = 0
+        while filled < len(out):
+            n = reader.readinto(out[filled:])
+            if n == 0:
+                raise IntegrityError(f"{where}: decoded {filled} bytes, expected {len(out)}")
+            filled += n
+        if reader.read(1):
+            raise IntegrityError(f"{where}: decodes to more than {len(out)} bytes")
+
+
+def _unwrap(blob: Buffer, where: str) -> tuple[int, int, bytes | memoryview]:
+    """(compression, plaintext length, payload) of an object whose envelope checks out:
+    in version 2 the payload is the copy the CRC was computed over, so that a caller
+    needing its own bytes (an uncompressed chunk) does not copy it again."""
     if len(blob) < HEADER_V1.size:
         raise IntegrityError(f"{where}: truncated header ({len(blob)} bytes)")
     magic, version, method, reserved, plain_len, payload_len = HEADER_V1.unpack_from(blob)
@@ -281,10 +352,12 @@ def _unwrap(blob: bytes, where: str) -> tuple[int, int, memoryview]:
         raise IntegrityError(
             f"{where}: payload is {len(blob) - size} bytes, header says {payload_len}"
         )
-    payload = memoryview(blob)[size:]
+    payload: bytes | memoryview = memoryview(blob)[size:]
     if version == VERSION:
         # google_crc32c takes bytes only: the slice copies, ~25 us per MiB.
-        crc = google_crc32c.extend(google_crc32c.value(blob[: HEADER_V1.size]), blob[size:])
+        body = blob[size:] if isinstance(blob, bytes) else bytes(payload)
+        crc = google_crc32c.extend(google_crc32c.value(bytes(blob[: HEADER_V1.size])), body)
         if crc != int.from_bytes(blob[HEADER_V1.size : size], "little"):
             raise IntegrityError(f"{where}: checksum mismatch (CRC32C)")
+        payload = body
     return method, plain_len, payload

@@ -6,6 +6,14 @@ reading the generation served over NBD, with no raw intermediate). Every chunk i
 checked against its hash as it is read; on any failure the partial output is removed
 and nothing is left behind.
 
+The raw path is CPU-bound (SHA-256, zstd, the kernel's copy into the page cache), so it
+does nothing else per chunk: each worker thread reads a chunk file into its own reused
+buffer, decompresses into a second one (``read_chunk_into``, ``Codec.open_into``),
+hashes and writes from there; a chunk stored uncompressed is written from the copy its
+CRC was computed over. Writeback is started every ``WRITEBACK_BATCH`` bytes, so the disk
+writes while chunks are decoded and the closing fsync is short (the same for the file
+qemu-img writes, ``_WritebackWhile``).
+
 Temp files live in a private (0700) folder beside the target, on the same file system,
 and the finished image (0600) is published by one rename: without ``force`` a rename that
 never replaces (a file that appeared at the target meanwhile is kept and the restore
@@ -15,6 +23,8 @@ so gc cannot delete a chunk being read.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import stat
@@ -36,8 +46,10 @@ from hypersdk.errors import (
 )
 from hypersdk.repository.files import DIR_MODE, FILE_MODE, fsync_dir, rename_no_replace
 from hypersdk.repository.index import DiskIndex
+from hypersdk.repository.layout import Keys
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
+from hypersdk.repository.storage.local import LocalStorage
 
 FORMATS = ("raw", "qcow2", "vmdk")
 
@@ -68,6 +80,42 @@ def read_chunk(repo: Repository, cid: bytes, where: str) -> bytes:
     except FileNotFoundError:
         raise IntegrityError(f"{where}: chunk {cid.hex()} is missing") from None
     return repo.codec.open(blob, cid, f"{where}: chunk {cid.hex()}")
+
+
+class ChunkBuffers(threading.local):
+    """One thread's buffers for ``read_chunk_into``: the stored object and its
+    decompressed plaintext, reused from chunk to chunk. Measured on the 2-core machine:
+    zstd into a new 1 MiB bytes took 0.73 ms, into a reused buffer 0.42 ms (the new
+    buffer's page faults)."""
+
+    def __init__(self, block_size: int) -> None:
+        self.out = bytearray(block_size)
+        self._blob: bytearray | None = None
+
+    @property
+    def blob(self) -> bytearray:
+        """The stored object's buffer, made on first use (object storage needs none)."""
+        if self._blob is None:
+            self._blob = bytearray(len(self.out) + _ENVELOPE_SLACK)
+        return self._blob
+
+
+# Bytes an object may hold beyond its plaintext: either envelope's header, the sealed
+# chunk's nonce, tag and inner header (a stored payload is never larger than its plaintext).
+_ENVELOPE_SLACK = 64
+
+
+def read_chunk_into(repo: Repository, cid: bytes, where: str, bufs: ChunkBuffers) -> memoryview:
+    """``read_chunk`` into the calling thread's ``bufs``: the checked plaintext as a view
+    of one of them, valid until this thread reads its next chunk."""
+    try:
+        if isinstance(repo.storage, LocalStorage):
+            blob: bytes | memoryview = repo.storage.get_into(Keys.chunk(cid), bufs.blob)
+        else:
+            blob = repo.chunks.get(cid)
+    except FileNotFoundError:
+        raise IntegrityError(f"{where}: chunk {cid.hex()} is missing") from None
+    return repo.codec.open_into(blob, cid, bufs.out, f"{where}: chunk {cid.hex()}")
 
 
 def pick_disk(manifest: Manifest, disk: str | None) -> str:
@@ -164,7 +212,8 @@ def _restore_file(
             )
         else:
             image = work / f"image.{fmt}"
-            written = convert(image, fmt)
+            with _WritebackWhile(image):
+                written = convert(image, fmt)
             os.chmod(image, FILE_MODE)  # qemu-img creates it by the umask
             _fsync(image)
         try:
@@ -209,31 +258,44 @@ def _write_raw(
         if sparse:
             os.ftruncate(fd, index.capacity)
 
+        bufs = ChunkBuffers(block_size)
+        zero = memoryview(bytes(block_size)) if not sparse else memoryview(b"")
+
         def work(block: int, cid: bytes | None) -> int:
             offset = block * block_size
             length = index.block_length(block)
-            data = bytes(length) if cid is None else read_chunk(repo, cid, f"{where} @{offset}")
+            if cid is None:
+                data = zero[:length]
+            else:
+                data = read_chunk_into(repo, cid, f"{where} @{offset}", bufs)
             if len(data) != length:
                 raise IntegrityError(
                     f"{where} @{offset}: chunk holds {len(data)} bytes, the block {length}"
                 )
-            view = memoryview(data)
-            while view:
-                view = view[os.pwrite(fd, view, offset + length - len(view)) :]
+            while data:
+                data = data[os.pwrite(fd, data, offset + length - len(data)) :]
             return length
 
         pending: deque[Future[int]] = deque()
+        unflushed = 0
+
+        def collect() -> None:
+            nonlocal written, unflushed
+            done = pending.popleft().result()
+            written += done
+            unflushed += done
+            if unflushed >= WRITEBACK_BATCH:
+                start_writeback(fd, 0, 0)  # what the workers wrote so far
+                unflushed = 0
+            if progress is not None:
+                progress(done)
 
         def submit(block: int, cid: bytes | None) -> None:
-            nonlocal written
             if cancel is not None and cancel.is_set():
                 raise ExportCancelled("restore cancelled; the partial output was removed")
             pending.append(pool.submit(work, block, cid))
             if len(pending) >= parallel * 2:
-                done = pending.popleft().result()
-                written += done
-                if progress is not None:
-                    progress(done)
+                collect()
 
         def zeros(first: int, end: int) -> None:
             """Blocks ``[first, end)`` are zero: a hole in a sparse file (one progress
@@ -258,10 +320,7 @@ def _write_raw(
                     after = block + 1
                 zeros(after, index.blocks)
                 while pending:
-                    done = pending.popleft().result()
-                    written += done
-                    if progress is not None:
-                        progress(done)
+                    collect()
             except BaseException:
                 for fut in pending:
                     fut.cancel()
@@ -272,6 +331,60 @@ def _write_raw(
     finally:
         os.close(fd)
     return written
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
+# Bytes written between two ``start_writeback`` calls of a raw restore: large batches
+# give the file system large extents; per 1 MiB block it cost more CPU than it saved.
+WRITEBACK_BATCH = 64 << 20
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range out now, without waiting (Linux sync_file_range(2)): the
+    disk then writes while the next chunks are decoded, and the closing fsync finds
+    little left to do. Only a hint; the fsync is what makes the image durable."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+class _WritebackWhile:
+    """While another process (qemu-img) writes ``path``, start writeback of what it has
+    written every ``_WRITEBACK_EVERY`` seconds: the disk writes during the conversion
+    instead of all at the closing fsync (measured: that fsync took 0.6 s of a 1 GiB
+    qcow2 restore). Only a hint, like ``start_writeback``."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="restore-writeback", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        fd = -1
+        try:
+            while not self._stop.wait(_WRITEBACK_EVERY):
+                if fd < 0:
+                    try:  # the private work folder: no one else can put a file here
+                        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError:
+                        continue  # not created yet
+                start_writeback(fd, 0, 0)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+_WRITEBACK_EVERY = 0.1
 
 
 def _fsync(path: Path) -> None:

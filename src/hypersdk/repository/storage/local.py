@@ -49,6 +49,23 @@ class LocalStorage:
         with open(self.root / key, "rb") as f:
             return f.read()
 
+    def get_into(self, key: str, buf: bytearray) -> bytes | memoryview:
+        """The object, read into ``buf`` when it fits (a view of its first bytes, valid
+        until ``buf`` is reused): no new buffer per object on a restore's hot path. A
+        larger object is returned as new bytes. FileNotFoundError when it is missing."""
+        with open(self.root / key, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > len(buf):
+                return f.read()
+            view = memoryview(buf)
+            got = 0
+            while got < size:
+                n = f.readinto(view[got:size])
+                if not n:
+                    break  # shrank while read: the caller's checks reject the short object
+                got += n
+            return view[:got]
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         fd = os.open(self.root / key, os.O_RDONLY | os.O_CLOEXEC)
         try:
