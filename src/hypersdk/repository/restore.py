@@ -23,8 +23,6 @@ so gc cannot delete a chunk being read.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 import stat
@@ -44,7 +42,13 @@ from hypersdk.errors import (
     RepositoryError,
     UsageError,
 )
-from hypersdk.repository.files import DIR_MODE, FILE_MODE, fsync_dir, rename_no_replace
+from hypersdk.repository.files import (
+    DIR_MODE,
+    FILE_MODE,
+    fsync_dir,
+    rename_no_replace,
+    start_writeback,
+)
 from hypersdk.repository.index import DiskIndex
 from hypersdk.repository.layout import Keys
 from hypersdk.repository.manifest import Manifest
@@ -333,22 +337,9 @@ def _write_raw(
     return written
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_SYNC_FILE_RANGE_WRITE = 2
 # Bytes written between two ``start_writeback`` calls of a raw restore: large batches
 # give the file system large extents; per 1 MiB block it cost more CPU than it saved.
 WRITEBACK_BATCH = 64 << 20
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a range out now, without waiting (Linux sync_file_range(2)): the
-    disk then writes while the next chunks are decoded, and the closing fsync finds
-    little left to do. Only a hint; the fsync is what makes the image durable."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class _WritebackWhile:
