@@ -28,13 +28,14 @@ from types import TracebackType
 
 from hypersdk import __version__
 from hypersdk.engine.audit import AuditReport, audit_disk
+from hypersdk.engine.patch import Patcher
 from hypersdk.engine.plan import READ, BlockPlan, plan_blocks
 from hypersdk.engine.request import DEFAULT_PARALLEL, ExportHooks
 from hypersdk.errors import ExportCancelled, RepositoryError
 from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.providers.factory import canonical_locator
 from hypersdk.repository.chunkstore import ChunkBatch
-from hypersdk.repository.index import ENTRY, build_index
+from hypersdk.repository.index import ENTRY, IndexSource, build_index
 from hypersdk.repository.manifest import (
     DiskRecord,
     Manifest,
@@ -186,7 +187,7 @@ class GenerationWriter:
             # The parent's index is checked now (header) and streamed at the end; it is
             # never held whole in memory.
             base = repo.index_source(parent, disk.key) if parent is not None else None
-            entries, disk_stats = _copy_disk(repo, disk, plan, opts, batch)
+            entries, disk_stats = _copy_disk(repo, disk, plan, opts, batch, base)
             if isinstance(audit, Manifest) and report is not None and disk.reported is not None:
                 report.disks.append(
                     audit_disk(
@@ -280,6 +281,7 @@ def _copy_disk(
     plan: BlockPlan,
     opts: _Run,
     batch: ChunkBatch,
+    base: IndexSource | None = None,
 ) -> tuple[bytearray, DiskStats]:
     """Read and store the plan's blocks; returns their index entries (32 bytes each, in
     the order of ``plan.read``) and the counters. Only the planned blocks are visited,
@@ -292,11 +294,12 @@ def _copy_disk(
     zero_block = bytes(block_size)
     seen: set[bytes] = set()
     seen_lock = threading.Lock()
+    patcher = Patcher(repo, disk, plan, base)  # small changes: read them, patch the parent's
 
     def work(block: int) -> tuple[int, bytes | None, int, int]:
         """Returns (block, chunk id or None, bytes stored, 0 reused / 1 new / 2 rewritten)."""
         length = plan.length(block)
-        data = disk.reader.pread(block * block_size, length)
+        data = patcher.read(block, length)
         if len(data) != length:
             raise RepositoryError(
                 f"disk {disk.key}: short read at offset {block * block_size} "
@@ -356,4 +359,5 @@ def _copy_disk(
             for fut in pending:
                 fut.cancel()
             raise
+    stats.bytes_read -= patcher.bytes_not_read  # what was read from the disk
     return entries, stats
