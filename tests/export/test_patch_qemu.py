@@ -64,8 +64,8 @@ def test_sub_block_incrementals_restore_exactly(
 
         full = export(False)
         assert full["mode"] == "full"
-        for step in range(2):
-            for _ in range(6):  # scattered 4-32 KiB writes
+        for _ in range(2):
+            for _w in range(6):  # scattered 4-32 KiB writes
                 qsd.write(
                     rng.randrange(0, SIZE - 40 * KiB), rng.randbytes(rng.randrange(4, 33) * KiB)
                 )

@@ -61,7 +61,7 @@ def test_sub_block_incremental_reads_the_changed_areas_and_restores(
     lab.write(WEB, 12 * BS + 4096, length=4096, zero=True)  # zeros: still a changed area
     lab.write(WEB, 20 * BS, rng.randbytes(3 * 64 * KiB))  # 3 of 4 areas: read whole
     lab.write(WEB, 64 * MiB - 100, rng.randbytes(100))  # the very end of the disk
-    mode, _, read, gen = export(True)
+    mode, _, read, _ = export(True)
     assert mode == "incremental"
     areas = sorted((b * BS + 64 * KiB, 64 * KiB) for b in small)
     areas += [(12 * BS, 64 * KiB), (20 * BS, BS), (64 * MiB - 64 * KiB, 64 * KiB)]
