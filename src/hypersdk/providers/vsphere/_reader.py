@@ -289,7 +289,6 @@ class HttpRangeReader:
         self._max_segments = max_segments or 2 * max(1, client.pool)
         self._free: list[bytearray] = []  # buffers of consumed segments
         self._plan: _Plan | None = None
-        self._partial: tuple[int, list[int]] | None = None  # (block size, blocks)
         self._segments: dict[int, _Segment] = {}  # by start offset
         self._starts: list[int] = []  # sorted keys of _segments
         self._frontier = 0  # end of the furthest segment made so far
@@ -301,9 +300,10 @@ class HttpRangeReader:
         """The engine will read these blocks in parts, not whole: leave them out of the
         segments, so that their unchanged bytes are never fetched. Called before the
         first read."""
+        # The plan is made now: a part read first (a 64 KiB CBT area at a multiple of
+        # 64 KiB, say) must not be taken for the engine's block size.
         with self._lock:
-            self._partial = (block, sorted(blocks))
-            self._plan = None
+            self._plan = _Plan(self._extents, self._capacity, block, blocks)
 
     # -- the DiskReader API --------------------------------------------------------
     def pread(self, offset: int, length: int) -> bytes:
@@ -331,10 +331,7 @@ class HttpRangeReader:
                 return None
             with self._lock:
                 if self._plan is None:
-                    skip: list[int] = []
-                    if self._partial is not None and self._partial[0] == length:
-                        skip = self._partial[1]
-                    self._plan = _Plan(self._extents, self._capacity, length, skip)
+                    self._plan = _Plan(self._extents, self._capacity, length)
                 plan = self._plan
         if offset % plan.block or (length != plan.block and offset + length != self._capacity):
             return None  # not the engine's grid: read it as asked
