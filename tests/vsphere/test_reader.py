@@ -70,7 +70,7 @@ def test_one_tls_handshake_per_thread_and_large_ranges(
         got = _read_like_the_engine(disk.reader, blocks, MiB, 3, disk.capacity_bytes)
         assert all(got[b] == content[b * MiB : (b + 1) * MiB] for b in blocks)
         reader = disk.reader
-        # 4 MiB ranges (16), not one per block (64); no byte fetched twice
+        # 8 MiB ranges (8), not one per block (64); no byte fetched twice
         assert reader.requests <= 24 and reader.bytes == 64 * MiB
         assert handshakes - before <= 3  # at most one per thread, none per range
         assert session._client.connections == handshakes - before
@@ -170,4 +170,4 @@ def test_partial_blocks_are_never_fetched_whole(lab: VcsimLab, provider_for: Any
                 assert reader.pread(off, n) == content[off : off + n]
             assert reader.bytes == len(whole) * block + sum(n for _, n in parts) + 64 * KiB
             assert reader._segments == {}
-            assert reader.requests <= 6 + 4  # runs of 4 MiB segments, and each part
+            assert reader.requests <= 4 + 4  # runs in 8 MiB segments, and each part

@@ -47,7 +47,10 @@ from hypersdk.providers.base import Extent
 RETRIES = 4  # attempts in all
 BACKOFF = 0.2  # seconds before the 2nd attempt; doubles
 RCVBUF = 4 << 20  # bytes of socket receive buffer per connection
-SEGMENT = 4 << 20  # bytes of planned consecutive blocks fetched by one Range GET
+# Bytes of planned consecutive blocks fetched by one Range GET. A request has a fixed
+# cost on the server (the lab's: about 0.5 ms of CPU, as much as streaming 0.8 MiB):
+# 8 MiB ranges cut its share of the server's CPU by about a tenth against 4 MiB.
+SEGMENT = 8 << 20
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -285,8 +288,8 @@ class HttpRangeReader:
         self._extents = list(extents) if extents is not None else None
         self._coalesce = coalesce
         self._segment = segment
-        # two per connection: one arriving, one being handed out (2 x 4 x 4 MiB at -p 4)
-        self._max_segments = max_segments or 2 * max(1, client.pool)
+        # one arriving per connection, and two being handed out (6 x 8 MiB at -p 4)
+        self._max_segments = max_segments or max(1, client.pool) + 2
         self._free: list[bytearray] = []  # buffers of consumed segments
         self._plan: _Plan | None = None
         self._segments: dict[int, _Segment] = {}  # by start offset
