@@ -21,13 +21,14 @@ from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Keys, Repository
 from tests.chain import BS, restored_bytes, vm
 
-CAP = 24 * BS + 1234  # a partial last block on purpose
+CAP = 24 * BS + 40000  # a partial last block on purpose
 
 
 class PatchingReader(RawImageReader):
     """A raw image read like a costly remote disk: patches allowed; every read kept."""
 
     patch_threshold = 0.5
+    request_bytes = 16 * 1024  # a request costs as much as 16 KiB more of a read
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)

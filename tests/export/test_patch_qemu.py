@@ -39,7 +39,8 @@ def test_sub_block_incrementals_restore_exactly(
     qsd.write(0, rng.randbytes(SIZE))
     provider = open_provider(qsd.locator)
     provider.enable_cbt()
-    monkeypatch.setattr(NbdPool, "patch_threshold", 0.5, raising=False)
+    monkeypatch.setattr(NbdPool, "patch_threshold", 0.75, raising=False)
+    monkeypatch.setattr(NbdPool, "request_bytes", 4096, raising=False)
     reads: list[int] = []
     real = NbdPool.pread
 

@@ -1,8 +1,9 @@
 """Sub-block incremental reads: read only a block's changed bytes, patch the parent's.
 
 A block an incremental must store is read whole from the hypervisor even when a few KiB
-of it changed. When the changed extents cover a small part of a block (at most
-``patch_threshold`` of it after merging near ranges), the block is instead built from
+of it changed. When the changed extents cover a small part of a block (their ranges,
+merged where closer than a request's cost, plus that cost for each range, come to at
+most ``patch_threshold`` of the block), the block is instead built from
 the parent generation's copy of it (its chunk from the repository, checked by the codec
 against the parent index's chunk id, or zeros for a zero block), the changed data ranges
 read from the disk and the changed zero ranges zeroed. The result then takes the normal
@@ -11,10 +12,11 @@ a whole read would have given, provided the changed extents are right, which eve
 incremental already relies on for the blocks it does not read at all.
 
 Whether it pays depends on the reader. ``patch_threshold`` is a reader's class attribute
-(0 or absent: never patch). The vSphere reader sets it: its reads cost a network round
-trip and the datastore's disk, while a patch costs one chunk read and decompression on
-the backup host. A local NBD read (QEMU) costs about what the patch itself costs, so
-those readers leave it unset.
+(0 or absent: never patch), ``request_bytes`` what one more request costs it, in bytes
+of reading. The vSphere reader sets both (0.5, 128 KiB): its reads cost the datastore's
+disk and the network, while a patch costs the backup host one chunk read, decompression
+and hash check (about 1 ms of CPU a MiB). A local NBD read (QEMU) costs the backup host
+about 0.3 ms of CPU a MiB, less than the patch, so those readers leave it unset.
 
 A parent chunk that is missing or fails its check is never used: the block is read whole
 instead (a warning names the chunk; ``verify`` reports the parent's damage). The parent
@@ -38,9 +40,10 @@ from hypersdk.repository.repository import Repository
 
 log = logging.getLogger(__name__)
 
-# Changed data ranges of one block closer than this are read as one range: a request
-# costs more than reading this many unchanged bytes along with it.
-MERGE_GAP = 64 << 10
+# What one read request costs, in bytes read, for a reader that does not say
+# (``request_bytes``): ranges of a block closer than this are read as one, and each
+# range counts this much on top of its length against the threshold.
+MERGE_GAP = 16 << 10
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Patcher:
         self._lock = threading.Lock()
         if threshold is None:
             threshold = float(getattr(disk.reader, "patch_threshold", 0.0) or 0.0)
+        self.gap = int(getattr(disk.reader, "request_bytes", MERGE_GAP))
         self._patches: dict[int, _Patch] = {}
         self._parent: dict[int, bytes | None] = {}
         if base is None or disk.changed is None or threshold <= 0:
@@ -96,9 +100,9 @@ class Patcher:
             hint(self.block_size, blocks)  # keep their whole bytes out of prefetching
 
     def _small_changes(self, threshold: float) -> dict[int, _Patch]:
-        """The blocks whose changed data (ranges merged) is at most ``threshold`` of the
-        block. Only an extent's first and last blocks can be touched in part, so the
-        cost follows the number of extents."""
+        """The blocks whose changed data (ranges merged), with the cost of a request for
+        each range, is at most ``threshold`` of the block. Only an extent's first and
+        last blocks can be touched in part, so the cost follows the number of extents."""
         assert self.disk.changed is not None
         bs = self.block_size
         touched: dict[int, _Patch] = {}
@@ -123,13 +127,13 @@ class Patcher:
             length = self.plan.length(b)
             if _inside(zeroed, b):
                 p.zero.append((0, length))
-            p.data = _merge(p.data, MERGE_GAP)
+            p.data = _merge(p.data, self.gap)
             if p.data and p.data[0][0] == 0 and p.data[0][1] >= length:
                 continue
             p.zero = _merge(p.zero, 0)
             if not p.data and p.zero and p.zero[0][0] == 0 and p.zero[0][1] >= length:
                 continue  # zero as a whole: the plan records it without a read
-            if sum(e - s for s, e in p.data) <= threshold * length:
+            if sum(e - s + self.gap for s, e in p.data) <= threshold * length:
                 out[b] = p
         return out
 
