@@ -14,6 +14,7 @@ import pytest
 from hypersdk.engine.patch import MERGE_GAP, Patcher
 from hypersdk.engine.plan import plan_blocks
 from hypersdk.engine.writer import GenerationResult, GenerationWriter
+from hypersdk.errors import IntegrityError
 from hypersdk.providers.base import Extent, FrozenDisk
 from hypersdk.providers.raw import RawImageReader
 from hypersdk.repository.keys import Password
@@ -152,3 +153,27 @@ def test_patch_plan_follows_the_extents_not_the_disk(tmp_path: Path) -> None:
     assert sorted(small) == [10, 19, 41, last - 1]
     assert small[10].data == [(5, 105)] and small[19].data == [(bs - 10, bs)]
     assert small[41].data == [] and small[41].zero == [(100, 100 + MERGE_GAP)]
+
+
+def test_a_damaged_parent_index_fails_the_export(tmp_path: Path) -> None:
+    """The parent index's entries are read for the patched blocks before the index is
+    checked whole: an entry swapped for another stored chunk's id would patch the wrong
+    base. The streamed index build checks the parent index's SHA-256, so the export
+    fails and commits nothing."""
+    rng = random.Random(5)
+    repo = Repository.open_or_init(tmp_path / "repo", block_size=BS)
+    img = tmp_path / "disk.raw"
+    img.write_bytes(rng.randbytes(CAP))
+    full, _ = _export(repo, img, None, None)
+    record = full.manifest.disk("d0")
+    assert record is not None
+    path = repo.root / record.index
+    raw = bytearray(path.read_bytes())
+    first = 32 + 3 * 32  # block 3's entry: now block 4's chunk
+    raw[first : first + 32] = raw[first + 32 : first + 64]
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(raw))
+    changes = [_change(img, rng, 3 * BS + 500, 100, False)]
+    with pytest.raises(IntegrityError):
+        _export(repo, img, changes, full.manifest)
+    assert [m.id for m in repo.generations("vm1")] == [full.manifest.id]
