@@ -263,6 +263,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.mode == "wrong-range":
             first, last = first + 1, last + 1
         part = body[first : last + 1]
+        if self.mode == "short":  # the connection drops mid-body, every time
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {first}-{last}/{len(body)}")
+            self.send_header("Content-Length", str(len(part)))
+            self.end_headers()
+            self.wfile.write(part[: len(part) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         total = {"wrong-total": str(len(body) + 512), "star-total": "*"}.get(
             self.mode, str(len(body))
         )
@@ -354,3 +364,52 @@ def test_a_first_read_off_the_block_grid_sets_no_plan(server: Any) -> None:
     assert r.pread(100, 50) == bytes(range(100, 150))
     assert r.pread(1024, 1000) == (bytes(range(256)) * 16)[1024:2024]
     assert [h["Range"] for h in _Handler.seen] == ["bytes=100-149", "bytes=1024-2023"]
+
+
+def test_a_body_cut_short_is_an_error_never_zeros(server: Any) -> None:
+    """A connection that drops mid-body (plain, coalesced) is retried, then reported:
+    the missing bytes never read as zeros."""
+    for coalesce in (False, True):
+        r = server("short", coalesce=coalesce)
+        with pytest.raises(ConnectionFailed, match="failed 4 times: short body") as err:
+            r.pread(0, 1024)
+        assert r.requests == 4 and r.bytes == 0
+        assert "\n" not in str(err.value)
+
+
+@pytest.fixture()
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext]]:
+    """The tiny server over TLS (a self-signed certificate made here): the reader's
+    direct TLS record reads take the same checks."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.socket = server_ctx.wrap_socket(srv.socket, server_side=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    yield f"https://127.0.0.1:{srv.server_address[1]}/folder/x-flat.vmdk", client_ctx
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_tls_reads_are_exact_and_a_cut_body_is_an_error(
+    tls_server: tuple[str, ssl.SSLContext],
+) -> None:
+    url, ctx = tls_server
+    with _reader.make_client(("vmware_soap_session", "s1"), ssl_context=ctx, pool=1) as client:
+        _Handler.mode, _Handler.hits, _Handler.seen = "exact", 0, []
+        r = _reader.HttpRangeReader(client, url, 4096, "disk-2000", backoff=0.01)
+        assert r.pread(0, 4096) == bytes(range(256)) * 16
+        assert r.pread(1000, 3096) == (bytes(range(256)) * 16)[1000:]
+        _Handler.mode = "short"
+        with pytest.raises(ConnectionFailed, match="failed 4 times") as err:
+            r.pread(0, 4096)
+        assert "\n" not in str(err.value)

@@ -28,13 +28,14 @@ from types import TracebackType
 
 from hypersdk import __version__
 from hypersdk.engine.audit import AuditReport, audit_disk
+from hypersdk.engine.patch import Patcher
 from hypersdk.engine.plan import READ, BlockPlan, plan_blocks
 from hypersdk.engine.request import DEFAULT_PARALLEL, ExportHooks
 from hypersdk.errors import ExportCancelled, RepositoryError
 from hypersdk.providers.base import FrozenDisk, VmIdentity
 from hypersdk.providers.factory import canonical_locator
 from hypersdk.repository.chunkstore import ChunkBatch
-from hypersdk.repository.index import ENTRY, build_index
+from hypersdk.repository.index import ENTRY, IndexSource, build_index
 from hypersdk.repository.manifest import (
     DiskRecord,
     Manifest,
@@ -186,7 +187,7 @@ class GenerationWriter:
             # The parent's index is checked now (header) and streamed at the end; it is
             # never held whole in memory.
             base = repo.index_source(parent, disk.key) if parent is not None else None
-            entries, disk_stats = _copy_disk(repo, disk, plan, opts, batch)
+            entries, disk_stats = _copy_disk(repo, disk, plan, opts, batch, base)
             if isinstance(audit, Manifest) and report is not None and disk.reported is not None:
                 report.disks.append(
                     audit_disk(
@@ -284,11 +285,13 @@ class _BlockReads:
     bytes land in a buffer of a small free list, reused once the block is collected: no
     copy out of it and no fresh memory per block. Nothing keeps a block's bytes after
     its work: the hash, the zero check and the codec (which returns new bytes) only look
-    at them. Other readers are read by the worker itself with ``pread``.
+    at them. Other readers, and blocks the ``Patcher`` builds from their parent (vSphere),
+    are read by the worker itself.
     """
 
-    def __init__(self, disk: FrozenDisk, block_size: int) -> None:
+    def __init__(self, disk: FrozenDisk, block_size: int, patcher: Patcher) -> None:
         self._reader = disk.reader
+        self._patcher = patcher
         self._start: Callable[[int, memoryview], Callable[[], None]] | None = getattr(
             disk.reader, "start_read", None
         )
@@ -300,6 +303,9 @@ class _BlockReads:
     ) -> tuple[Callable[[], bytes | memoryview], bytearray | None]:
         """(what a worker calls for the bytes, the buffer to ``release`` once the block
         was collected, or None)."""
+        block = offset // self._block_size
+        if self._patcher.patches(block):  # the parent's bytes and the changed ones
+            return partial(self._patcher.read, block, length), None
         if self._start is None:
             return partial(self._reader.pread, offset, length), None
         buf = self._free.pop() if self._free else bytearray(self._block_size)
@@ -323,6 +329,7 @@ def _copy_disk(
     plan: BlockPlan,
     opts: _Run,
     batch: ChunkBatch,
+    base: IndexSource | None = None,
 ) -> tuple[bytearray, DiskStats]:
     """Read and store the plan's blocks; returns their index entries (32 bytes each, in
     the order of ``plan.read``) and the counters. Only the planned blocks are visited,
@@ -335,7 +342,8 @@ def _copy_disk(
     zero_block = bytes(block_size)
     seen: set[bytes] = set()
     seen_lock = threading.Lock()
-    reads = _BlockReads(disk, block_size)
+    patcher = Patcher(repo, disk, plan, base)  # small changes: read them, patch the parent's
+    reads = _BlockReads(disk, block_size, patcher)
 
     def work(
         block: int, get: Callable[[], bytes | memoryview]
@@ -409,4 +417,5 @@ def _copy_disk(
             for fut, _ in pending:
                 fut.cancel()
             raise
+    stats.bytes_read -= patcher.bytes_not_read  # what was read from the disk
     return entries, stats

@@ -24,12 +24,13 @@ index's relative path), read and written through the same few calls as a plain f
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +314,33 @@ class IndexSource:
         finally:
             src.close()
         _check_base_header(header, size, self.where, capacity, block_size)
+
+    def read_entries(self, blocks: Sequence[int]) -> dict[int, bytes | None]:
+        """The entries of ``blocks`` (sorted): chunk id, or None for a zero block. Read a
+        window at a time, so a few blocks of a huge index cost a few small reads, never
+        the whole file. A sealed index's segments are authenticated as they are read; a
+        plain one is not hashed here: ``build_index`` checks its SHA-256 as it streams,
+        and fails the export before anything is committed."""
+        out: dict[int, bytes | None] = {}
+        if not blocks:
+            return out
+        src = _open_source(self.path, self.where, self.keys)
+        try:
+            i = 0
+            while i < len(blocks):
+                first = blocks[i]
+                j = bisect.bisect_left(blocks, first + _WINDOW, i)
+                n = blocks[j - 1] - first + 1
+                raw = _pread(src, n * ENTRY, HEADER.size + first * ENTRY)
+                if len(raw) != n * ENTRY:
+                    raise IntegrityError(f"{self.where}: cut short")
+                for b in blocks[i:j]:
+                    entry = raw[(b - first) * ENTRY : (b - first + 1) * ENTRY]
+                    out[b] = None if entry == ZERO_ENTRY else entry
+                i = j
+        finally:
+            src.close()
+        return out
 
 
 @dataclass(frozen=True)
