@@ -92,3 +92,19 @@ def test_zero_pages_of_a_piece_stay_holes(tmp_path: Path) -> None:
     index = DiskIndex.read(path, built.sha256)
     assert list(index.chunks()) == [(0, cid(0)), (far, cid(far))]
     assert built.zero_blocks == (256 << 10) - 2
+
+
+def test_run_end_follows_runs_and_ignores_zeros_across_two_ids() -> None:
+    index = DiskIndex.empty(10 * 65536, 65536)
+    for block in (2, 3, 8):
+        index.set(block, bytes([block]) * 32)
+    # 16 zero bytes ending block 4's id and 16 starting block 5's: 32 zeros in a row that
+    # are no zero entry (ids are hashes: rare, but it must not end a data run)
+    index.set(4, b"\x04" * 16 + bytes(16))
+    index.set(5, bytes(16) + b"\x05" * 16)
+    assert index.run_end(0, 10) == 2
+    assert index.run_end(2, 10) == 6
+    assert index.run_end(2, 3) == 3  # never past the limit
+    assert index.run_end(6, 10) == 8
+    assert index.run_end(8, 10) == 9
+    assert index.run_end(9, 10) == 10

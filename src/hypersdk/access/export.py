@@ -35,7 +35,8 @@ from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import read_chunk
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
-_MAX_STATUS_BLOCKS = 65536  # blocks scanned for one block status reply
+_MAX_STATUS_BLOCKS = 65536  # blocks scanned for one block status reply (with an overlay)
+_MAX_STATUS_EXTENTS = 64  # extents in one block status reply
 
 # Overlay block states.
 BASE = 0  # the repository's block
@@ -277,6 +278,17 @@ class RepositoryExport:
         end = min(offset + length, self.index.capacity)
         extents: list[tuple[int, int]] = []
         pos = offset
+        if self.overlay is None:
+            # Whole runs from the index: a client asking about the rest of the disk
+            # at every step (qemu-img convert does) costs a run, not a scan to the end.
+            last = -(-end // bs)
+            while pos < end and len(extents) < _MAX_STATUS_EXTENTS:
+                block = pos // bs
+                stop = min(self.index.run_end(block, last) * bs, end)
+                flags = p.STATE_HOLE | p.STATE_ZERO if self._entry(block) is None else 0
+                extents.append((stop - pos, flags))
+                pos = stop
+            return extents
         scanned = 0
         while pos < end and scanned < _MAX_STATUS_BLOCKS:
             block = pos // bs

@@ -110,6 +110,24 @@ class DiskIndex:
     def zero_blocks(self) -> int:
         return self.blocks - sum(1 for _ in self.nonzero_blocks())
 
+    def run_end(self, block: int, limit: int) -> int:
+        """The first block after ``block`` (at most ``limit``) that is zero when
+        ``block`` is not, or not zero when it is: the end of ``block``'s run. Zero runs
+        are skipped a window at a time, data runs with one search for a zero entry."""
+        buf = self.entries
+        limit = min(limit, self.blocks)
+        if buf[block * ENTRY : (block + 1) * ENTRY] == ZERO_ENTRY:
+            return next(_nonzero(buf, limit, block + 1), limit)
+        at = (block + 1) * ENTRY
+        while at < limit * ENTRY:
+            hit = buf.find(ZERO_ENTRY, at, limit * ENTRY)
+            if hit < 0:
+                break
+            if hit % ENTRY == 0:
+                return hit // ENTRY
+            at = (hit // ENTRY + 1) * ENTRY  # zeros across two ids: not an entry
+        return limit
+
     def _header(self) -> bytes:
         return HEADER.pack(
             MAGIC, VERSION, HASH_SHA256, 0, self.block_size, 0, self.capacity, self.blocks
@@ -529,11 +547,11 @@ def build_index(
     return BuiltIndex(h_new.hexdigest(), count, count - nonzero)
 
 
-def _nonzero(buf: Entries, n: int) -> Iterator[int]:
-    """The non-zero entries among the first ``n`` of ``buf``, in order. Zero entries are
-    skipped a window at a time with one comparison (a bytearray slice compares with
-    memcmp), so the cost follows the data, not the disk size."""
-    for w in range(0, n, _WINDOW):
+def _nonzero(buf: Entries, n: int, first: int = 0) -> Iterator[int]:
+    """The non-zero entries among entries ``[first, n)`` of ``buf``, in order. Zero
+    entries are skipped a window at a time with one comparison (a bytearray slice
+    compares with memcmp), so the cost follows the data, not the disk size."""
+    for w in range(first, n, _WINDOW):
         w_end = min(w + _WINDOW, n)
         if buf[w * ENTRY : w_end * ENTRY] == _ZERO_WINDOW[: (w_end - w) * ENTRY]:
             continue
