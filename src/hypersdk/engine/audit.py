@@ -23,7 +23,7 @@ from typing import Any
 
 from hypersdk.engine.plan import ZERO, BlockPlan, Runs, plan_blocks
 from hypersdk.providers.base import Extent
-from hypersdk.repository.index import ENTRY, ZERO_ENTRY, DiskIndex, Entries
+from hypersdk.repository.index import ENTRY, ZERO_ENTRY, DiskIndex, Entries, zeroed_entries
 
 _WINDOW = 4096  # entries compared at once: 128 KiB
 
@@ -117,9 +117,10 @@ def _member(runs: Runs, starts: list[int], block: int) -> bool:
     return i >= 0 and block < runs[i][1]
 
 
-def _full_entries(plan: BlockPlan, entries: bytearray) -> bytearray:
-    """The new generation's index entries for every block (zero where nothing was read)."""
-    out = bytearray(plan.nblocks * ENTRY)
+def _full_entries(plan: BlockPlan, entries: bytearray) -> Entries:
+    """The new generation's index entries for every block (zero where nothing was read);
+    on a sparse disk they cost the memory of its data blocks only."""
+    out = zeroed_entries(plan.nblocks * ENTRY)
     pos = 0
     for first, end in plan.read:
         n = (end - first) * ENTRY
@@ -128,7 +129,7 @@ def _full_entries(plan: BlockPlan, entries: bytearray) -> bytearray:
     return out
 
 
-def _differing(new: bytearray, old: Entries, nblocks: int) -> Iterator[int]:
+def _differing(new: Entries, old: Entries, nblocks: int) -> Iterator[int]:
     step = _WINDOW * ENTRY
     for w in range(0, nblocks * ENTRY, step):
         if new[w : w + step] == old[w : w + step]:

@@ -25,7 +25,7 @@ from typing import Any
 from hypersdk.engine.catalog import resolve_vm
 from hypersdk.errors import ExportCancelled, NotFoundError, UsageError
 from hypersdk.repository.chunkstore import ChunkBatch
-from hypersdk.repository.index import ENTRY, DiskIndex, build_index
+from hypersdk.repository.index import ENTRY, DiskIndex, Entries, build_index, zeroed_entries
 from hypersdk.repository.manifest import DiskRecord, Manifest
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import read_chunk
@@ -173,7 +173,7 @@ def _translate(
     done: CopiedGeneration,
     progress: Callable[[int], None] | None,
     cancel: Callable[[], bool] | None,
-) -> bytearray:
+) -> Entries:
     """The target's index entries for ``index``, sending each chunk the target lacks.
     Chunks go through a bounded pool: on S3 each is a GET, a HEAD and a PUT, and the
     round trips, not the bytes, set the pace."""
@@ -196,7 +196,7 @@ def _translate(
         # Blocks that repeat a chunk (or one an earlier disk sent) take no work: count
         # them now, so the total (every non-zero block) is reached.
         progress((index.blocks - index.zero_blocks() - len(todo)) * index.block_size)
-    out = bytearray(len(index.entries))
+    out = zeroed_entries(len(index.entries))  # a sparse disk's entries cost its data
     for block, cid in index.chunks():
         out[block * ENTRY : (block + 1) * ENTRY] = renamed[cid]
     return out

@@ -160,7 +160,7 @@ class DiskIndex:
                 raise IntegrityError(f"{where}: truncated ({size} bytes)")
             body_end = size - 32
             length = body_end - HEADER.size
-            entries = bytearray(length) if length < _MAPPED else _anonymous(length)
+            entries = zeroed_entries(length)
             h = hashlib.sha256()
             head = b""
             scratch = bytearray(min(_IO_PIECE, body_end))
@@ -413,7 +413,7 @@ def build_index(
     block_size: int,
     base: IndexSource | None,
     read_runs: list[tuple[int, int]],
-    read_entries: bytes | bytearray,
+    read_entries: bytes | Entries,
     zero_runs: list[tuple[int, int]],
 ) -> BuiltIndex:
     """Create ``dest`` (mode 0600; the caller renames it and makes it durable): ``base``
@@ -600,6 +600,12 @@ def _zero_units(buf: bytearray, size: int, head: int) -> Iterator[tuple[int, boo
         for g in range(w, w_end, _PAGE):
             g_end = min(g + _PAGE, w_end)
             yield g, buf[g:g_end] == _ZERO_WINDOW[: g_end - g]
+
+
+def zeroed_entries(size: int) -> Entries:
+    """``size`` zero bytes for index entries: a bytearray when small, else memory whose
+    untouched pages cost nothing (a sparse 62 TiB disk's 2 GiB of entries)."""
+    return bytearray(size) if size < _MAPPED else _anonymous(size)
 
 
 def _anonymous(size: int) -> mmap.mmap:
