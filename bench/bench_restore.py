@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.chain import export
 
 from hypersdk.access.image import restore_image
+from hypersdk.repository.files import fsync_path
 from hypersdk.repository.repository import Repository
 from imagegen import MIB, make_image, sha256_file, timed
 
@@ -70,14 +71,6 @@ def measured(fn: Callable[[], object]) -> Run:
     c0 = _cpu()
     seconds, _ = timed(fn)
     return Run(seconds, _cpu() - c0)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def qemu_img_convert(src: Path, out: Path, src_fmt: str = "qcow2", fmt: str = "raw") -> None:

@@ -46,6 +46,7 @@ from hypersdk.repository.files import (
     DIR_MODE,
     FILE_MODE,
     fsync_dir,
+    fsync_path,
     rename_no_replace,
     start_writeback,
 )
@@ -219,7 +220,7 @@ def _restore_file(
             with _WritebackWhile(image):
                 written = convert(image, fmt)
             os.chmod(image, FILE_MODE)  # qemu-img creates it by the umask
-            _fsync(image)
+            fsync_path(image)
         try:
             if force:
                 os.replace(image, dest)
@@ -376,11 +377,3 @@ class _WritebackWhile:
 
 
 _WRITEBACK_EVERY = 0.1
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
