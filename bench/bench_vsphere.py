@@ -50,6 +50,7 @@ from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import restore_disk
 from hypersdk.state.history import History
 from imagegen import MIB, block_data, exporter, timed
+from summary import record
 
 VM = "/DC0/vm/bench"
 
@@ -230,6 +231,12 @@ def main() -> None:
             f"{inc.bytes_read / MIB:.0f} MiB; stored {full.bytes_stored / MIB:.0f} MiB "
             f"then {inc.bytes_stored / MIB:.0f} MiB"
         )
+        record("vsphere", "vSphere reads / plain ranged download (same connections)",
+               n_read / MIB / t_read / ref, at_least=0.8)  # fmt: skip
+        record("vsphere", "a session alone (snapshot, changed areas, removal)", t_setup, "s")
+        record("vsphere", "sub-block incremental: bytes read, patched / whole blocks",
+               patch.bytes_read / max(1, whole.bytes_read))  # fmt: skip
+        record("vsphere", "sub-block incremental: time, patched / whole blocks", t_patch / t_whole)
         print(
             "  sub-block incremental (5% of the data as scattered 4-64 KiB writes), "
             f"best of {args.runs}:"

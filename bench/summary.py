@@ -55,7 +55,7 @@ def record(
 def table(rows: list[Ratio]) -> str:
     out = [f"{'bench':<10} {'what':<62} {'value':>10}  {'target':<10} met"]
     for r in rows:
-        value = f"{r.value:.2f}{r.unit}" if r.unit == "x" else f"{r.value:g} {r.unit}"
+        value = f"{r.value:.2f}{r.unit}" if r.unit == "x" else f"{r.value:.3g} {r.unit}"
         met = "" if r.met is None else ("yes" if r.met else "NO")
         out.append(f"{r.bench:<10} {r.what:<62} {value:>10}  {r.target:<10} {met}")
     return "\n".join(out)
