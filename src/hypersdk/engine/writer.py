@@ -299,11 +299,11 @@ class _BlockReads:
         self._free: list[bytearray] = []
 
     def begin(
-        self, offset: int, length: int
+        self, block: int, length: int
     ) -> tuple[Callable[[], bytes | memoryview], bytearray | None]:
         """(what a worker calls for the bytes, the buffer to ``release`` once the block
         was collected, or None)."""
-        block = offset // self._block_size
+        offset = block * self._block_size
         if self._patcher.patches(block):  # the parent's bytes and the changed ones
             return partial(self._patcher.read, block, length), None
         if self._start is None:
@@ -407,7 +407,7 @@ def _copy_disk(
             for block in plan.blocks(READ):
                 if opts.cancelled:
                     raise ExportCancelled("export cancelled; nothing was committed")
-                get, buf = reads.begin(block * block_size, plan.length(block))
+                get, buf = reads.begin(block, plan.length(block))
                 pending.append((pool.submit(work, block, get), buf))
                 if len(pending) >= window:
                     collect_first()

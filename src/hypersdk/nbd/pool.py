@@ -132,10 +132,7 @@ class NbdPool:
     def start_read(self, offset: int, buffer: bytearray | memoryview) -> Callable[[], None]:
         """``NbdClient.start_read`` on the next connection in turn: the reads one thread
         keeps in flight are spread over every connection."""
-        with self._lock:
-            client = self._clients[self._next % len(self._clients)]
-            self._next += 1
-        return client.start_read(offset, buffer)
+        return self._next_client().start_read(offset, buffer)
 
     def close(self) -> None:
         """Close every connection; the first error is raised after all are closed."""
@@ -163,10 +160,15 @@ class NbdPool:
         return f"<NbdPool {self.export_name!r} connections={len(self._clients)} size={self.size}>"
 
     def _client(self) -> NbdClient:
+        """This thread's connection, bound on its first read."""
         client: NbdClient | None = getattr(self._local, "client", None)
         if client is None:
-            with self._lock:
-                client = self._clients[self._next % len(self._clients)]
-                self._next += 1
-            self._local.client = client
+            client = self._local.client = self._next_client()
+        return client
+
+    def _next_client(self) -> NbdClient:
+        """The connections in turn (round robin)."""
+        with self._lock:
+            client = self._clients[self._next % len(self._clients)]
+            self._next += 1
         return client

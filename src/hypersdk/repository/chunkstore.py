@@ -50,6 +50,10 @@ class ChunkStore:
         """The sealed object; raises FileNotFoundError when it is missing."""
         return self._storage.get(Keys.chunk(chunk_id))
 
+    def get_into(self, chunk_id: bytes, buf: bytearray) -> bytes | memoryview:
+        """``get`` into ``buf`` where the storage can (see ``Storage.get_into``)."""
+        return self._storage.get_into(Keys.chunk(chunk_id), buf)
+
     def read(self, chunk_id: bytes) -> bytes | None:
         """The sealed object, or None when no object has its name."""
         try:

@@ -66,7 +66,8 @@ def write_file(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)  # whatever the umask
-        views = [memoryview(data)] if isinstance(data, bytes | memoryview) else _views(data)
+        parts = [data] if isinstance(data, bytes | memoryview) else data
+        views = [memoryview(p) for p in parts if len(p)]
         while views:
             written = os.writev(fd, views)
             while views and written >= len(views[0]):  # drop what was written whole
@@ -169,7 +170,3 @@ def sync_filesystem(path: Path) -> None:
             raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
-
-
-def _views(parts: Sequence[bytes]) -> list[memoryview]:
-    return [memoryview(p) for p in parts if p]

@@ -6,7 +6,7 @@ reading the generation served over NBD, with no raw intermediate). Every chunk i
 checked against its hash as it is read; on any failure the partial output is removed
 and nothing is left behind.
 
-The raw path is CPU-bound (SHA-256, zstd, the kernel's copy into the page cache), so it
+The raw path is CPU-bound (the chunk hash, zstd, the kernel's copy into the page cache), so it
 does nothing else per chunk: each worker thread reads a chunk file into its own reused
 buffer, decompresses into a second one (``read_chunk_into``, ``Codec.open_into``),
 hashes and writes from there; a chunk stored uncompressed is written from the copy its
@@ -51,10 +51,8 @@ from hypersdk.repository.files import (
     start_writeback,
 )
 from hypersdk.repository.index import DiskIndex
-from hypersdk.repository.layout import Keys
 from hypersdk.repository.manifest import Manifest
 from hypersdk.repository.repository import Repository
-from hypersdk.repository.storage.local import LocalStorage
 
 FORMATS = ("raw", "qcow2", "vmdk")
 
@@ -95,14 +93,7 @@ class ChunkBuffers(threading.local):
 
     def __init__(self, block_size: int) -> None:
         self.out = bytearray(block_size)
-        self._blob: bytearray | None = None
-
-    @property
-    def blob(self) -> bytearray:
-        """The stored object's buffer, made on first use (object storage needs none)."""
-        if self._blob is None:
-            self._blob = bytearray(len(self.out) + _ENVELOPE_SLACK)
-        return self._blob
+        self.blob = bytearray(block_size + _ENVELOPE_SLACK)
 
 
 # Bytes an object may hold beyond its plaintext: either envelope's header, the sealed
@@ -114,10 +105,7 @@ def read_chunk_into(repo: Repository, cid: bytes, where: str, bufs: ChunkBuffers
     """``read_chunk`` into the calling thread's ``bufs``: the checked plaintext as a view
     of one of them, valid until this thread reads its next chunk."""
     try:
-        if isinstance(repo.storage, LocalStorage):
-            blob: bytes | memoryview = repo.storage.get_into(Keys.chunk(cid), bufs.blob)
-        else:
-            blob = repo.chunks.get(cid)
+        blob = repo.chunks.get_into(cid, bufs.blob)
     except FileNotFoundError:
         raise IntegrityError(f"{where}: chunk {cid.hex()} is missing") from None
     return repo.codec.open_into(blob, cid, bufs.out, f"{where}: chunk {cid.hex()}")
@@ -341,6 +329,8 @@ def _write_raw(
 # Bytes written between two ``start_writeback`` calls of a raw restore: large batches
 # give the file system large extents; per 1 MiB block it cost more CPU than it saved.
 WRITEBACK_BATCH = 64 << 20
+# How often the writeback of a file qemu-img writes is started (``_WritebackWhile``).
+_WRITEBACK_EVERY = 0.1
 
 
 class _WritebackWhile:
@@ -374,6 +364,3 @@ class _WritebackWhile:
         finally:
             if fd >= 0:
                 os.close(fd)
-
-
-_WRITEBACK_EVERY = 0.1

@@ -54,6 +54,11 @@ class Storage(Protocol):
         """The whole object."""
         ...
 
+    def get_into(self, key: str, buf: bytearray) -> bytes | memoryview:
+        """The whole object, read into ``buf`` where the storage can (a view of its first
+        bytes, valid until ``buf`` is reused), else as new bytes."""
+        ...
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end of the object)."""
         ...
