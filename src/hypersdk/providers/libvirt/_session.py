@@ -35,10 +35,11 @@ import shutil
 import stat
 import tempfile
 import time
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from hypersdk.errors import (
     ChangeIdInvalid,
@@ -263,8 +264,9 @@ def sweep(target: Target) -> list[str]:
 # --- the sessions ---------------------------------------------------------------------
 
 
-class PullBackupSession(_SessionBase):
-    """A running domain, through ``virDomainBackupBegin`` in pull mode."""
+class _DomainSession(_SessionBase):
+    """What both kinds of session of one domain hold: the target, the change ids to
+    read since (per disk), whether it is an audit, and the checkpoint it will create."""
 
     def __init__(
         self, target: Target, since: Mapping[str, str] | None, audit: bool = False
@@ -275,9 +277,17 @@ class PullBackupSession(_SessionBase):
         self._audit = audit
         self.checkpoint = _checkpoints.new_name()
 
-    def start(self) -> PullBackupSession:
+    def start(self) -> Self:
         self._begin(self._start)
         return self
+
+    @abstractmethod
+    def _start(self) -> None:
+        """Build the session (each kind its own way); ``_begin`` undoes it on failure."""
+
+
+class PullBackupSession(_DomainSession):
+    """A running domain, through ``virDomainBackupBegin`` in pull mode."""
 
     def _start(self) -> None:
         t = self._t
@@ -340,21 +350,8 @@ class PullBackupSession(_SessionBase):
         )
 
 
-class OfflineBackupSession(_SessionBase):
+class OfflineBackupSession(_DomainSession):
     """A shut-off domain: its qcow2 images through ``qemu-nbd``."""
-
-    def __init__(
-        self, target: Target, since: Mapping[str, str] | None, audit: bool = False
-    ) -> None:
-        super().__init__()
-        self._t = target
-        self._since = dict(since or {})
-        self._audit = audit
-        self.checkpoint = _checkpoints.new_name()
-
-    def start(self) -> OfflineBackupSession:
-        self._begin(self._start)
-        return self
 
     def _start(self) -> None:
         t = self._t
