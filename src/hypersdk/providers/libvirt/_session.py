@@ -49,13 +49,12 @@ from hypersdk.errors import (
     UsageError,
 )
 from hypersdk.nbd import NbdPool
-from hypersdk.providers.base import FrozenDisk
 from hypersdk.providers.cleanup import CleanupStack
 from hypersdk.providers.libvirt import _connect, _domain
 from hypersdk.providers.libvirt._connect import calling
-from hypersdk.providers.qemu import _checkpoints, _extents, _stale, _tools
+from hypersdk.providers.qemu import _checkpoints, _stale, _tools
 from hypersdk.providers.qemu import _session as _qemu_session
-from hypersdk.providers.qemu._session import _SessionBase
+from hypersdk.providers.qemu._session import _SessionBase, frozen_disk
 
 log = logging.getLogger(__name__)
 
@@ -82,29 +81,6 @@ def _connect_nbd(uri: str, export: str, bitmap: str) -> NbdPool:
         return _qemu_session._connect_nbd(uri, export, bitmap)
     except OSError as err:
         raise NbdError(f"cannot connect to {uri} export {export}: {err}") from err
-
-
-def _frozen(
-    disk: _domain.Disk, client: NbdPool, change_id: str, bitmap: str, audit: bool
-) -> FrozenDisk:
-    try:
-        if client.size != disk.capacity:
-            raise ProviderError(
-                f"disk {disk.key}: export size {client.size} != capacity {disk.capacity}"
-            )
-        changed, reported = _extents.session_extents(client, disk.capacity, bitmap, audit)
-    except OSError as err:
-        raise NbdError(f"disk {disk.key}: reading block status failed: {err}") from err
-    return FrozenDisk(
-        key=disk.key,
-        capacity_bytes=disk.capacity,
-        change_id=change_id,
-        changed=changed,
-        reader=client,
-        path=disk.file,
-        backing_info=f"{disk.format} libvirt disk {disk.key}",
-        reported=reported,
-    )
 
 
 # --- session folders and their markers ------------------------------------------------
@@ -261,6 +237,10 @@ def sweep(target: Target) -> list[str]:
     return removed
 
 
+def _backing(disk: _domain.Disk) -> str:
+    return f"{disk.format} libvirt disk {disk.key}"
+
+
 # --- the sessions ---------------------------------------------------------------------
 
 
@@ -321,7 +301,9 @@ class PullBackupSession(_DomainSession):
                 raise ProviderError(f"disk {disk.key}: libvirt exported no dirty bitmap")
             client = _connect_nbd(f"unix:{sock}", export, bitmap)
             self._add_client(client)
-            self._disks.append(_frozen(disk, client, self.checkpoint, bitmap, self._audit))
+            self._disks.append(
+                frozen_disk(disk, client, self.checkpoint, bitmap, self._audit, _backing(disk))
+            )
 
     def _backup_xml(self, sock: str, sockdir: str) -> str:
         disks = []
@@ -367,7 +349,9 @@ class OfflineBackupSession(_DomainSession):
             self._cleanup.push(f"stop qemu-nbd of {disk.key}", server.stop)
             client = _connect_nbd(server.uri, disk.key, since)
             self._add_client(client)
-            self._disks.append(_frozen(disk, client, self.checkpoint, since, self._audit))
+            self._disks.append(
+                frozen_disk(disk, client, self.checkpoint, since, self._audit, _backing(disk))
+            )
 
     def _add_checkpoint(self) -> None:
         add_offline_checkpoint(self._t, self.checkpoint, self._on_failure)

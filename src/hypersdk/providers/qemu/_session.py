@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 from hypersdk.errors import (
     CbtUnavailable,
@@ -72,9 +73,32 @@ def _connect_nbd(uri: str, export: str, bitmap: str | None, connections: int = 4
     return client
 
 
-def _snapshot(
-    disk: QemuDisk, client: NbdPool, change_id: str, bitmap: str | None, audit: bool = False
+def _backing(disk: QemuDisk) -> str:
+    return f"{disk.format} node {disk.node}"
+
+
+class DiskFile(Protocol):
+    """What a session's disk must say of itself (a QEMU node's disk, a libvirt one)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def file(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+
+
+def frozen_disk(
+    disk: DiskFile,
+    client: NbdPool,
+    change_id: str,
+    bitmap: str | None,
+    audit: bool,
+    backing_info: str,
 ) -> FrozenDisk:
+    """The FrozenDisk a session hands the engine: ``client`` checked against the disk's
+    capacity, and the extents to read (and, in an audit, those reported) from its
+    block status."""
     try:
         if client.size != disk.capacity:
             raise ProviderError(
@@ -90,7 +114,7 @@ def _snapshot(
         changed=changed,
         reader=client,
         path=disk.file,
-        backing_info=f"{disk.format} node {disk.node}",
+        backing_info=backing_info,
         reported=reported,
     )
 
@@ -231,7 +255,11 @@ class QmpBackupSession(_SessionBase):
             bitmap = plan.temp_bitmap if plan.since else None
             client = _connect_nbd(uri, plan.export, bitmap)
             self._add_client(client)
-            self._disks.append(_snapshot(plan.disk, client, self.checkpoint, bitmap, self._audit))
+            self._disks.append(
+                frozen_disk(
+                    plan.disk, client, self.checkpoint, bitmap, self._audit, _backing(plan.disk)
+                )
+            )
 
     def _plan(self) -> list[_Plan]:
         plans = []
@@ -428,7 +456,9 @@ class Qcow2BackupSession(_SessionBase):
         self._cleanup.push("stop qemu-nbd", server.stop)
         client = _connect_nbd(server.uri, server.export_name, self._since)
         self._add_client(client)
-        self._disks.append(_snapshot(disk, client, self.checkpoint, self._since, self._audit))
+        self._disks.append(
+            frozen_disk(disk, client, self.checkpoint, self._since, self._audit, _backing(disk))
+        )
 
 
 def dirty_bytes_offline(disk: QemuDisk, bitmap: str) -> int:
