@@ -22,7 +22,6 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from hypersdk.engine.catalog import resolve_vm
 from hypersdk.errors import NotFoundError, UsageError
@@ -32,6 +31,7 @@ from hypersdk.repository.keys import Password
 from hypersdk.repository.repository import Repository
 from hypersdk.repository.restore import pick_disk, read_chunk
 from hypersdk.repository.restore_into import (
+    BlockTarget,
     FileTarget,
     IntoPlan,
     IntoResult,
@@ -207,26 +207,12 @@ def run_into(
         )
 
 
-class _Client(Protocol):
-    """What _NbdTarget uses of hypersdk.nbd.NbdClient (the engine does not import nbd)."""
-
-    @property
-    def size(self) -> int: ...
-
-    def pread(self, offset: int, length: int) -> bytes: ...
-
-    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
-
-    def write_zeroes(self, offset: int, length: int) -> None: ...
-
-    def flush(self) -> None: ...
-
-
 class _NbdTarget:
     """An NBD client as a ``BlockTarget``: zeros are WRITE_ZEROES when the export offers
     it, written zeros otherwise."""
 
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: BlockTarget) -> None:
+        # An NbdClient has the same calls (the engine does not import nbd).
         self._client = client
         self._zeroes = bool(getattr(client, "can_write_zeroes", False))
 
