@@ -32,7 +32,31 @@ def free_port() -> int:
         return port
 
 
-class Hypervisord:
+class LoggedProcess:
+    """A test's server subprocess with its log file: read the log, crash it with SIGKILL,
+    or stop it by its pid."""
+
+    STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_process(proc, grace=self.STOP_GRACE)
+
+
+class Hypervisord(LoggedProcess):
     def __init__(
         self,
         workdir: Path,
@@ -96,21 +120,6 @@ class Hypervisord:
                 self.stop()
                 raise RuntimeError(f"hypervisord did not start: {self.log()[-3000:]}")
             time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: the daemon gets no chance to clean up (crash)."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            stop_process(proc, grace=15)
 
     def client(self, token: str | None = None) -> httpx.Client:
         tok = token if token is not None else self.token

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from types import TracebackType
 from typing import Self
 
 from hypersdk.processes import stop_process
-from tests.daemon.live import free_port
+from tests.daemon.live import LoggedProcess, free_port
 from tests.rigs.qsd import QemuStorageDaemon
 
 START_TIMEOUT = 20.0
@@ -70,9 +69,11 @@ class RedisServer:
         self.stop()
 
 
-class Worker:
+class Worker(LoggedProcess):
     """One ``hyperworker`` subprocess. The workers of one ``workdir`` share its state
     folder (the export history incrementals start from), as a fleet's workers do."""
+
+    STOP_GRACE = 10.0
 
     def __init__(
         self, workdir: Path, broker: str, name: str, *args: str, tmpdir: Path | None = None
@@ -109,21 +110,6 @@ class Worker:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"hyperworker did not start: {self.log()[-3000:]}")
             time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: the worker dies in the middle of whatever it does."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            stop_process(proc, grace=10)
 
 
 class SlowQsd(QemuStorageDaemon):
