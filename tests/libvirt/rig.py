@@ -288,16 +288,5 @@ def domain(daemon: Libvirtd, **kw: Any) -> Iterator[Domain]:
         d.close()
 
 
-def image_bytes(path: Path, tmp: Path) -> bytes:
-    raw = tmp / f"{path.stem}-reference.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(path), str(raw)],
-        check=True,
-    )
-    data = raw.read_bytes()
-    raw.unlink()
-    return data
-
-
 def mode_of(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)

@@ -17,8 +17,8 @@ from hypersdk.providers.factory import canonical_locator, export_key, open_provi
 from hypersdk.providers.libvirt import LibvirtProvider
 from hypersdk.providers.libvirt import _session as lv_session
 from hypersdk.providers.qemu import _stale
-from tests.libvirt.rig import QEMU_USER, Domain, Libvirtd, MiB, domain, image_bytes, mode_of
-from tests.qemu.helpers import materialize, ranges
+from tests.libvirt.rig import QEMU_USER, Domain, Libvirtd, MiB, domain, mode_of
+from tests.qemu.helpers import image_bytes, materialize, ranges
 
 K64 = 64 * 1024
 
